@@ -1,0 +1,386 @@
+//! Message bodies, by service. Every variable-length field has a fixed capacity, so a decoded
+//! message never allocates and never exceeds [`crate::MAX_BODY_LEN`] (a test checks each one).
+
+use crate::{ByteArray, ErrorCode, Service};
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+/// Longest free-text detail in an error frame, in bytes.
+pub const DETAIL_MAX: usize = 128;
+/// Longest TCB version string.
+pub const VERSION_STRING_MAX: usize = 32;
+/// Largest capability token.
+pub const TOKEN_MAX: usize = 64;
+/// Largest encoded ledger record.
+pub const RECORD_MAX: usize = 1024;
+/// Most records in one ingest or records-lacking frame.
+pub const RECORDS_PER_FRAME: usize = 12;
+/// Most heads in one frame.
+pub const HEADS_MAX: usize = 64;
+/// Longest verifier nonce.
+pub const NONCE_MAX: usize = 64;
+/// Largest COSE_Sign1 attestation report.
+pub const REPORT_MAX: usize = 2048;
+
+/// A node's short identifier: the first 8 bytes of SHA-256 over a domain tag and the node's
+/// Ed25519 public key (the ledger crate derives it). Short so that a token fits in 64 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct NodeId(pub ByteArray<8>);
+
+impl core::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// An Ed25519 public key.
+pub type PublicKey = ByteArray<32>;
+/// An Ed25519 signature.
+pub type Signature = ByteArray<64>;
+/// A SHA-256 digest: a ledger record id, a dm-verity root hash.
+pub type Digest = ByteArray<32>;
+/// An opaque capability token (the ledger defines its layout).
+pub type Token = Vec<u8, TOKEN_MAX>;
+/// An opaque, signed ledger record (the ledger defines its canonical encoding).
+pub type Record = Vec<u8, RECORD_MAX>;
+
+/// Defines a `u8`-coded enum whose unknown values survive decoding as `Unknown(n)`.
+macro_rules! u8_enum {
+    ($(#[$m:meta])* $name:ident { $( $(#[$vm:meta])* $v:ident = $n:literal, )* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(from = "u8", into = "u8")]
+        pub enum $name {
+            $( $(#[$vm])* $v, )*
+            /// A value from a newer build.
+            Unknown(u8),
+        }
+        impl From<u8> for $name {
+            fn from(v: u8) -> Self {
+                match v { $( $n => Self::$v, )* n => Self::Unknown(n) }
+            }
+        }
+        impl From<$name> for u8 {
+            fn from(v: $name) -> u8 {
+                match v { $( $name::$v => $n, )* $name::Unknown(n) => n }
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link
+
+/// Body of an error frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    /// Human-readable detail, truncated to [`DETAIL_MAX`] bytes.
+    pub detail: String<DETAIL_MAX>,
+}
+
+impl ErrorBody {
+    /// An error body whose detail is `detail`, cut at a character boundary to fit.
+    pub fn new(code: ErrorCode, detail: &str) -> Self {
+        let mut end = detail.len().min(DETAIL_MAX);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut s = String::new();
+        // Cannot fail: `end <= DETAIL_MAX`.
+        let _ = s.push_str(&detail[..end]);
+        Self { code, detail: s }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node
+
+u8_enum! {
+    /// What the TCB runs on.
+    Platform {
+        /// `ppn-tcb`, a Linux process (development and emulated fleets).
+        Hosted = 1,
+        /// Microkit protection domains on seL4.
+        Sel4Microkit = 2,
+    }
+}
+
+u8_enum! {
+    /// Whether a service answers its requests in this TCB build.
+    ServiceState {
+        Ready = 1,
+        NotImplemented = 2,
+    }
+}
+
+/// Answer to [`crate::Kind::NodeIdentity`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub node_id: NodeId,
+    pub platform: Platform,
+    pub tcb_version: String<VERSION_STRING_MAX>,
+}
+
+/// Answer to [`crate::Kind::NodePublicKeys`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePublicKeys {
+    pub node_id: NodeId,
+    /// Ed25519 key that signs ledger records.
+    pub signing_key: PublicKey,
+    /// Ed25519 key that signs root hashes and reports; absent until the attest service lands.
+    pub attestation_key: Option<PublicKey>,
+}
+
+/// One service's state in [`NodeStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// [`Service`] as its byte.
+    pub service: u8,
+    pub state: ServiceState,
+}
+
+impl ServiceStatus {
+    pub fn service(&self) -> Service {
+        Service::from_u8(self.service)
+    }
+}
+
+/// Answer to [`crate::Kind::NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub platform: Platform,
+    pub tcb_version: String<VERSION_STRING_MAX>,
+    /// Milliseconds since this TCB instance started.
+    pub uptime_ms: u64,
+    /// How many times this node's TCB state has been opened (1 on first start).
+    pub boot_count: u32,
+    /// Requests answered with a non-error response since start.
+    pub requests_served: u64,
+    /// Frames answered with an error since start.
+    pub requests_failed: u64,
+    pub services: Vec<ServiceStatus, 8>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger
+
+u8_enum! {
+    /// What a capability grants access to.
+    ResourceType {
+        /// A memory lease (resource id = lease id).
+        Memory = 1,
+        /// A VM (resource id = VM id).
+        Vm = 2,
+        /// A guest image (resource id = image id).
+        Image = 3,
+        /// Membership of the fleet mesh.
+        Mesh = 4,
+    }
+}
+
+/// Request body of [`crate::Kind::LedgerIssueGrant`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueGrant {
+    pub grantee: NodeId,
+    pub resource_type: ResourceType,
+    pub resource_id: u64,
+    /// Expiry, seconds since the Unix epoch (the TCB's clock decides).
+    pub expires_unix_s: u64,
+}
+
+/// Answer to [`IssueGrant`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub token: Token,
+    pub sequence: u64,
+}
+
+/// Request body of [`crate::Kind::LedgerVerifyToken`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyToken {
+    pub token: Token,
+}
+
+u8_enum! {
+    /// The outcome of a token verification.
+    Verdict {
+        Valid = 1,
+        /// Not a token of a known version and size.
+        Malformed = 2,
+        /// The tag does not check under the issuer's grant key (or this node is not the issuer).
+        BadTag = 3,
+        Expired = 4,
+        IssuerRevoked = 5,
+        GranteeRevoked = 6,
+        GrantRevoked = 7,
+    }
+}
+
+/// Answer to [`VerifyToken`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenVerdict {
+    pub verdict: Verdict,
+}
+
+/// What a revocation names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeTarget {
+    Node { node: NodeId },
+    Grant { issuer: NodeId, sequence: u64 },
+    /// Every grant of `issuer` with `first <= sequence <= last`.
+    GrantRange { issuer: NodeId, first: u64, last: u64 },
+}
+
+/// Request body of [`crate::Kind::LedgerRevoke`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoke {
+    pub target: RevokeTarget,
+}
+
+/// Answer to [`Revoke`]: the id of the signed record the TCB appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub record_id: Digest,
+}
+
+/// Request body of [`crate::Kind::LedgerIngestRecords`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestRecords {
+    pub records: Vec<Record, RECORDS_PER_FRAME>,
+}
+
+u8_enum! {
+    /// What the ledger did with one ingested record.
+    IngestOutcome {
+        Accepted = 1,
+        Duplicate = 2,
+        /// Parents missing: held in the bounded pending buffer.
+        Pending = 3,
+        Malformed = 4,
+        BadSignature = 5,
+        UnknownAuthor = 6,
+        RevokedAuthor = 7,
+        /// Parents missing and the pending buffer is full: dropped; send it again later.
+        PendingFull = 8,
+    }
+}
+
+/// Answer to [`IngestRecords`]: one outcome per record, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ingested {
+    pub outcomes: Vec<IngestOutcome, RECORDS_PER_FRAME>,
+}
+
+/// Answer to [`crate::Kind::LedgerHeads`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heads {
+    pub heads: Vec<Digest, HEADS_MAX>,
+    pub record_count: u64,
+}
+
+/// Request body of [`crate::Kind::LedgerRecordsLacking`]: "given these heads of mine, send me
+/// what I lack", at most `limit` records per answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordsLacking {
+    pub peer_heads: Vec<Digest, HEADS_MAX>,
+    pub limit: u16,
+}
+
+/// Answer to [`RecordsLacking`], parents before children.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    pub records: Vec<Record, RECORDS_PER_FRAME>,
+    /// More records are lacking; ask again with the new heads.
+    pub more: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lender
+
+/// Answer to [`crate::Kind::LenderPoolStatus`]: every block is in exactly one state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub block_bytes: u32,
+    pub total: u32,
+    pub free: u32,
+    pub reserved: u32,
+    pub lent: u32,
+    pub in_use: u32,
+}
+
+/// Request body of [`crate::Kind::LenderReserve`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserve {
+    pub borrower: NodeId,
+    pub blocks: u32,
+    pub expires_unix_s: u64,
+}
+
+/// Answer to [`Reserve`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub reservation_id: u64,
+    pub blocks: u32,
+}
+
+/// Request body of [`crate::Kind::LenderCommitLease`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitLease {
+    pub reservation_id: u64,
+}
+
+/// Answer to [`CommitLease`]: the lease and its capability token for the borrower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: u64,
+    pub token: Token,
+}
+
+/// Request body of [`crate::Kind::LenderRelease`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub lease_id: u64,
+}
+
+/// Answer to [`Release`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    pub blocks: u32,
+    /// The blocks were scrubbed before they became free again.
+    pub scrubbed: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attest
+
+/// Request body of [`crate::Kind::AttestSignRootHash`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignRootHash {
+    pub root_hash: Digest,
+    /// Size of the data the hash tree covers, in bytes.
+    pub data_bytes: u64,
+}
+
+/// Answer to [`SignRootHash`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootHashSignature {
+    pub attestation_key: PublicKey,
+    pub signature: Signature,
+}
+
+/// Request body of [`crate::Kind::AttestSignReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignReport {
+    pub vm_id: u64,
+    pub root_hash: Digest,
+    pub provisioning_signature: Signature,
+    pub nonce: Vec<u8, NONCE_MAX>,
+}
+
+/// Answer to [`SignReport`]: an EAT in COSE_Sign1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub cose_sign1: Vec<u8, REPORT_MAX>,
+}
