@@ -1,0 +1,189 @@
+//! The client side of the TCB wire protocol, used by everything in the proxy.
+//!
+//! [`TcbClient`] (tokio) pipelines requests over one connection: any number of tasks may call
+//! it at once; responses are matched to requests by request id. [`blocking::Client`] is the same
+//! protocol for command-line tools and tests. Both speak to a hosted `ppn-tcb` on a Unix socket
+//! and, through the same bytes, to the seL4 image's link PD.
+//!
+//! This crate holds no TCB secret and trusts nothing it receives beyond what the wire decoder
+//! checks: a response only means what the TCB said, authenticated end to end where it matters
+//! (signed records, tagged tokens), not by this transport.
+
+use ppn_wire::message::NodeResponse;
+use ppn_wire::service::{NodeIdentity, NodePublicKeys, NodeStatus};
+use ppn_wire::stream::{self, Deframer, MAX_ENCODED_LEN};
+use ppn_wire::{ErrorCode, Kind, MAX_FRAME_LEN, Request, Response};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::oneshot;
+
+pub mod blocking;
+
+/// How long a call waits for its response by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TCB connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame from the TCB: {0}")]
+    Wire(#[from] ppn_wire::Error),
+    #[error("TCB answered {code}: {detail}")]
+    Tcb { code: ErrorCode, detail: String },
+    #[error("TCB answered kind {got:?} to a {expected:?} request")]
+    UnexpectedResponse { expected: Kind, got: Kind },
+    #[error("no answer from the TCB within {0:?}")]
+    Timeout(Duration),
+    #[error("the TCB closed the connection")]
+    Closed,
+}
+
+/// Encodes a request as COBS stream bytes.
+pub fn encode_request_stream(request_id: u32, request: &Request) -> Result<Vec<u8>, ClientError> {
+    let mut frame = vec![0u8; MAX_FRAME_LEN];
+    let n = ppn_wire::encode_request(request_id, request, &mut frame)?;
+    let mut enc = vec![0u8; MAX_ENCODED_LEN];
+    let m = stream::encode(&frame[..n], &mut enc)?;
+    enc.truncate(m);
+    Ok(enc)
+}
+
+/// Turns a decoded response to `request` into the caller's answer: error frames become
+/// [`ClientError::Tcb`], and a response of another kind [`ClientError::UnexpectedResponse`].
+pub fn check_response(request: &Request, response: Response) -> Result<Response, ClientError> {
+    match response {
+        Response::Error(e) => Err(ClientError::Tcb { code: e.code, detail: e.detail.as_str().to_owned() }),
+        r if r.kind() != request.kind() => Err(ClientError::UnexpectedResponse { expected: request.kind(), got: r.kind() }),
+        r => Ok(r),
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Response, ppn_wire::Error>>>>>;
+
+/// A pipelined async client of one TCB.
+#[derive(Debug)]
+pub struct TcbClient {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU32,
+    timeout: Duration,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcbClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl TcbClient {
+    /// Connects to the TCB socket at `path`.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).await?;
+        let (mut read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let table = Arc::clone(&pending);
+        let reader = tokio::spawn(async move {
+            let mut deframer = Box::new(Deframer::new());
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let (used, event) = deframer.push(rest);
+                    rest = &rest[used..];
+                    let Some(Ok(frame)) = event else { continue };
+                    // A frame we cannot read has no request id we could trust: drop it, and
+                    // the call it belonged to times out.
+                    let Ok((id, response)) = ppn_wire::decode_response(frame) else { continue };
+                    let waiter = table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(Ok(response));
+                    }
+                }
+            }
+            // Connection closed: every waiting call learns it now.
+            table.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        Ok(Self {
+            writer: tokio::sync::Mutex::new(write),
+            pending,
+            next_id: AtomicU32::new(1),
+            timeout: DEFAULT_TIMEOUT,
+            reader,
+        })
+    }
+
+    /// Sets how long each call waits for its response.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends `request` and waits for its response.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        // Request id 0 is reserved for error frames that answer an unreadable header.
+        let id = loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                break id;
+            }
+        };
+        if self.reader.is_finished() {
+            return Err(ClientError::Closed);
+        }
+        let bytes = encode_request_stream(id, request)?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let sent = async {
+            let mut w = self.writer.lock().await;
+            w.write_all(&bytes).await
+        }
+        .await;
+        if let Err(e) = sent {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(e.into());
+        }
+        let answer = tokio::time::timeout(self.timeout, rx).await;
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        match answer {
+            Err(_) => Err(ClientError::Timeout(self.timeout)),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Ok(Ok(response)) => check_response(request, response?),
+        }
+    }
+
+    pub async fn identity(&self) -> Result<NodeIdentity, ClientError> {
+        let req = Request::Node(ppn_wire::message::NodeRequest::Identity);
+        match self.call(&req).await? {
+            Response::Node(NodeResponse::Identity(i)) => Ok(i),
+            r => Err(ClientError::UnexpectedResponse { expected: req.kind(), got: r.kind() }),
+        }
+    }
+
+    pub async fn public_keys(&self) -> Result<NodePublicKeys, ClientError> {
+        let req = Request::Node(ppn_wire::message::NodeRequest::PublicKeys);
+        match self.call(&req).await? {
+            Response::Node(NodeResponse::PublicKeys(k)) => Ok(k),
+            r => Err(ClientError::UnexpectedResponse { expected: req.kind(), got: r.kind() }),
+        }
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        let req = Request::Node(ppn_wire::message::NodeRequest::Status);
+        match self.call(&req).await? {
+            Response::Node(NodeResponse::Status(s)) => Ok(s),
+            r => Err(ClientError::UnexpectedResponse { expected: req.kind(), got: r.kind() }),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The conformance suite against a real hosted `ppn-tcb` process.
+
+use ppn_conformance::{HostedTcb, check_garbage_resilience};
+use ppn_tcb_client::blocking::Client;
+use ppn_wire::message::{NodeRequest, NodeResponse};
+use ppn_wire::{Request, Response};
+use std::time::Duration;
+
+fn status(t: &HostedTcb) -> ppn_wire::service::NodeStatus {
+    let mut c = Client::connect(&t.socket, Duration::from_secs(10)).expect("connect");
+    match c.call(&Request::Node(NodeRequest::Status)).expect("status") {
+        Response::Node(NodeResponse::Status(s)) => s,
+        r => panic!("status answered with {r:?}"),
+    }
+}
+
+#[test]
+fn every_check_passes_against_ppn_tcb() {
+    let mut tcb = HostedTcb::start();
+    for (name, check) in ppn_conformance::checks() {
+        match check(&tcb.socket) {
+            Ok(what) => eprintln!("ok {name}: {what}"),
+            Err(why) => panic!("{name}: {why}\nppn-tcb log:\n{}", tcb.log()),
+        }
+        assert!(tcb.is_running(), "ppn-tcb exited during {name}:\n{}", tcb.log());
+    }
+}
+
+#[test]
+fn ten_thousand_hostile_frames_then_a_valid_request_and_the_process_lives() {
+    let mut tcb = HostedTcb::start();
+    let before = status(&tcb);
+    let what = check_garbage_resilience(&tcb.socket, 10_000, 0xBAD_F00D).unwrap_or_else(|e| panic!("{e}\n{}", tcb.log()));
+    assert!(what.contains("10001 hostile chunks"), "{what}");
+    assert!(tcb.is_running(), "ppn-tcb exited:\n{}", tcb.log());
+    let after = status(&tcb);
+    assert_eq!(after.node_id, before.node_id);
+    assert!(after.requests_failed >= before.requests_failed + 5_000, "{} -> {}", before.requests_failed, after.requests_failed);
+}
+
+#[test]
+fn identity_survives_hard_kills_and_boots_are_counted() {
+    let mut tcb = HostedTcb::start();
+    let first = status(&tcb);
+    assert_eq!(first.boot_count, 1);
+    for boot in 2..=4 {
+        tcb.restart();
+        let s = status(&tcb);
+        assert_eq!(s.node_id, first.node_id, "identity changed on boot {boot}");
+        assert_eq!(s.boot_count, boot);
+    }
+    let other = HostedTcb::start();
+    assert_ne!(status(&other).node_id, first.node_id, "two fresh TCBs share an identity");
+}
+
+#[test]
+fn a_torn_journal_tail_is_cut_and_saved_aside_and_nothing_acknowledged_is_lost() {
+    let mut tcb = HostedTcb::start();
+    let first = status(&tcb);
+    tcb.kill_hard();
+    let journal = tcb.state.join("node.journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let whole = bytes.len();
+    bytes.extend_from_slice(b"PJ\x01\x02\x04\x00"); // a boot record torn after 6 bytes
+    std::fs::write(&journal, &bytes).unwrap();
+    tcb.restart();
+    let s = status(&tcb);
+    assert_eq!(s.node_id, first.node_id);
+    assert_eq!(s.boot_count, 2);
+    assert!(tcb.log().contains("torn tail of 6 bytes"), "{}", tcb.log());
+    let aside: Vec<_> = std::fs::read_dir(&tcb.state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("node.journal.torn-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the torn tail was not saved aside");
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), b"PJ\x01\x02\x04\x00");
+    assert!(std::fs::metadata(&journal).unwrap().len() > whole as u64, "the new boot record was not appended");
+}
+
+#[test]
+fn a_second_tcb_on_the_same_state_is_refused_and_sigterm_removes_the_socket() {
+    let mut tcb = HostedTcb::start();
+    let bin = ppn_conformance::locate_bin("ppn-tcb");
+    let out = std::process::Command::new(bin)
+        .arg("--state")
+        .arg(&tcb.state)
+        .arg("--socket")
+        .arg(tcb.dir.path().join("second.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another ppn-tcb"), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = tcb.terminate().expect("exit status");
+    assert!(status.success(), "{status}");
+    assert!(!tcb.socket.exists(), "socket left behind after SIGTERM");
+}
+
+#[test]
+fn state_directory_and_socket_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tcb = HostedTcb::start();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&tcb.state), 0o700);
+    assert_eq!(mode(&tcb.state.join("node.journal")), 0o600);
+    assert_eq!(mode(&tcb.socket), 0o600);
+}

@@ -1,0 +1,80 @@
+//! `ppn-tcb --state DIR --socket PATH`: the hosted TCB.
+
+use clap::Parser;
+use ppn_tcb::{server, tcb::Tcb};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+/// The PPN Fabric TCB as a Linux process (development and emulated fleets).
+#[derive(Debug, Parser)]
+#[command(name = "ppn-tcb", version)]
+struct Args {
+    /// State directory (created with mode 0700): node identity and journals.
+    #[arg(long)]
+    state: PathBuf,
+    /// Unix socket to serve the wire protocol on (created with mode 0600).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Connections served at once; more are answered `Busy` and closed.
+    #[arg(long, default_value_t = 32)]
+    max_connections: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (tcb, report) = match Tcb::open(&args.state) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ppn-tcb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if report.journal.truncated_bytes > 0 {
+        eprintln!(
+            "ppn-tcb: node journal had a torn tail of {} bytes after {} records; it was saved aside and cut",
+            report.journal.truncated_bytes, report.journal.records
+        );
+    }
+    let node_id = tcb.node().keys().node_id();
+    let listener = match server::bind(&args.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ppn-tcb: socket {}: {e}", args.socket.display());
+            return ExitCode::from(2);
+        }
+    };
+    let socket = args.socket.clone();
+    if let Err(e) = remove_socket_on_signal(socket) {
+        eprintln!("ppn-tcb: signal handler: {e}");
+        return ExitCode::from(2);
+    }
+    eprintln!(
+        "ppn-tcb: node {node_id} boot {} ({}), serving on {}",
+        report.boot_count,
+        if report.created_identity { "new identity" } else { "identity loaded" },
+        args.socket.display()
+    );
+    match server::serve(listener, Arc::new(Mutex::new(tcb)), args.max_connections) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ppn-tcb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM: remove the socket and exit. Every acknowledged write is already
+/// durable, so exiting at any instant loses nothing.
+fn remove_socket_on_signal(socket: PathBuf) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _ = std::fs::remove_file(&socket);
+            eprintln!("ppn-tcb: signal {sig}, stopped");
+            std::process::exit(0);
+        }
+    });
+    Ok(())
+}

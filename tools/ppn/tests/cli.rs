@@ -1,0 +1,46 @@
+//! `ppn tcb status` against a real `ppn-tcb`.
+
+use ppn_conformance::HostedTcb;
+use std::process::Command;
+
+fn ppn(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ppn")).args(args).output().expect("run ppn")
+}
+
+#[test]
+fn tcb_status_human_and_json_agree_with_the_tcb() {
+    let tcb = HostedTcb::start();
+    let sock = tcb.socket.as_os_str();
+    let json = ppn(&["tcb".as_ref(), "status".as_ref(), "--socket".as_ref(), sock, "--json".as_ref()]);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("valid JSON");
+    let node_id = v["node_id"].as_str().expect("node_id").to_owned();
+    assert_eq!(node_id.len(), 16);
+    assert_eq!(v["platform"], "hosted");
+    assert_eq!(v["boot_count"], 1);
+    assert_eq!(v["services"]["node"], "ready");
+    assert_eq!(v["services"]["ledger"], "not implemented");
+    assert_eq!(v["signing_key"].as_str().map(str::len), Some(64));
+    assert!(v["uptime_ms"].as_u64().is_some());
+    // The first status call of this process was answered before the keys call was counted.
+    assert_eq!(v["requests_served"], 0);
+
+    let text = ppn(&["tcb".as_ref(), "status".as_ref(), "--socket".as_ref(), sock]);
+    assert!(text.status.success());
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(out.contains(&format!("node id      {node_id}")), "{out}");
+    assert!(out.contains("platform     hosted"), "{out}");
+    assert!(out.contains("requests     2 served, 0 failed"), "{out}");
+    assert!(out.contains("node ready, ledger not implemented"), "{out}");
+}
+
+#[test]
+fn tcb_status_on_a_dead_socket_says_so_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nobody.sock");
+    let out = ppn(&["tcb".as_ref(), "status".as_ref(), "--socket".as_ref(), sock.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nobody.sock") && err.contains("TCB connection"), "{err}");
+    assert!(out.stdout.is_empty());
+}
