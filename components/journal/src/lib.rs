@@ -36,12 +36,12 @@ pub const MAX_RECORD: usize = MAX_PAYLOAD + OVERHEAD;
 pub trait Storage {
     type Error: core::fmt::Debug;
     /// Current length in bytes.
-    fn len(&mut self) -> Result<u64, Self::Error>;
-    /// Fills `buf` from `offset`; the range is within `len()`.
+    fn size(&mut self) -> Result<u64, Self::Error>;
+    /// Fills `buf` from `offset`; the range is within `size()`.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
     /// Appends `bytes` and returns only once they are durable.
     fn append(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
-    /// Cuts the storage to `len` bytes, durably. Called only by recovery, with `len <= len()`.
+    /// Cuts the storage to `len` bytes, durably. Called only by recovery, with `len <= size()`.
     fn truncate(&mut self, len: u64) -> Result<(), Self::Error>;
 }
 
@@ -119,7 +119,7 @@ impl<S: Storage> Journal<S> {
         mut replay: impl FnMut(u8, &[u8]),
     ) -> Result<(Self, Recovery), Error<S::Error>> {
         assert!(scratch.len() >= MAX_RECORD, "journal scratch buffer must hold MAX_RECORD bytes");
-        let total = storage.len().map_err(Error::Storage)?;
+        let total = storage.size().map_err(Error::Storage)?;
         let mut off = 0u64;
         let mut records = 0u64;
         while off < total {
@@ -171,7 +171,7 @@ pub mod mem {
 
     impl super::Storage for MemStorage {
         type Error = core::convert::Infallible;
-        fn len(&mut self) -> Result<u64, Self::Error> {
+        fn size(&mut self) -> Result<u64, Self::Error> {
             Ok(self.bytes.len() as u64)
         }
         fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
@@ -198,7 +198,10 @@ mod tests {
     use proptest::prelude::*;
     use std::vec::Vec;
 
-    fn replay_all(bytes: Vec<u8>) -> (Vec<(u8, Vec<u8>)>, Recovery, Vec<u8>) {
+    /// Records as (kind, payload).
+    type Records = Vec<(u8, Vec<u8>)>;
+
+    fn replay_all(bytes: Vec<u8>) -> (Records, Recovery, Vec<u8>) {
         let mut scratch = std::vec![0u8; MAX_RECORD];
         let mut got = Vec::new();
         let (j, rec) = Journal::open(MemStorage { bytes }, &mut scratch, |k, p| got.push((k, p.to_vec()))).unwrap();

@@ -116,7 +116,11 @@ impl NodeRecord {
     /// Decodes a journal record (kind + payload), checking its length first.
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, StateError> {
         let expect = |n: usize| {
-            if payload.len() == n { Ok(()) } else { Err(StateError::BadLength { kind, len: payload.len(), expected: n }) }
+            if payload.len() == n {
+                Ok(())
+            } else {
+                Err(StateError::BadLength { kind, len: payload.len(), expected: n })
+            }
         };
         match kind {
             record_kind::IDENTITY => {
@@ -146,6 +150,15 @@ impl NodeRecord {
             }
         }
     }
+}
+
+/// What a node journal holds.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The identity seed; `None` on a fresh journal.
+    pub seed: Option<Zeroizing<[u8; 32]>>,
+    /// The last boot recorded; 0 on a fresh journal.
+    pub boot_count: u32,
 }
 
 /// Node state rebuilt from the journal, in order.
@@ -179,11 +192,11 @@ impl Replay {
         }
     }
 
-    /// The identity seed found (None on a fresh journal) and the last boot count.
-    pub fn finish(self) -> Result<(Option<Zeroizing<[u8; 32]>>, u32), StateError> {
+    /// The state the journal holds, or its first inconsistency.
+    pub fn finish(self) -> Result<Recovered, StateError> {
         match self.error {
             Some(e) => Err(e),
-            None => Ok((self.seed, self.boot_count)),
+            None => Ok(Recovered { seed: self.seed, boot_count: self.boot_count }),
         }
     }
 }
@@ -277,14 +290,18 @@ mod tests {
     fn replay_rebuilds_seed_and_boot_count() {
         let mut r = Replay::default();
         let mut buf = [0u8; 32];
-        for rec in [NodeRecord::Identity { seed: Zeroizing::new([3; 32]) }, NodeRecord::Boot { count: 1 }, NodeRecord::Boot { count: 2 }] {
+        for rec in [
+            NodeRecord::Identity { seed: Zeroizing::new([3; 32]) },
+            NodeRecord::Boot { count: 1 },
+            NodeRecord::Boot { count: 2 },
+        ] {
             let (k, n) = rec.encode(&mut buf);
             assert_eq!(NodeRecord::decode(k, &buf[..n]).unwrap(), rec);
             r.record(k, &buf[..n]);
         }
-        let (seed, boots) = r.finish().unwrap();
-        assert_eq!(*seed.unwrap(), [3; 32]);
-        assert_eq!(boots, 2);
+        let rec = r.finish().unwrap();
+        assert_eq!(*rec.seed.unwrap(), [3; 32]);
+        assert_eq!(rec.boot_count, 2);
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub fn encode_request_stream(request_id: u32, request: &Request) -> Result<Vec<u
 pub fn check_response(request: &Request, response: Response) -> Result<Response, ClientError> {
     match response {
         Response::Error(e) => Err(ClientError::Tcb { code: e.code, detail: e.detail.as_str().to_owned() }),
-        r if r.kind() != request.kind() => Err(ClientError::UnexpectedResponse { expected: request.kind(), got: r.kind() }),
+        r if r.kind() != request.kind() => {
+            Err(ClientError::UnexpectedResponse { expected: request.kind(), got: r.kind() })
+        }
         r => Ok(r),
     }
 }

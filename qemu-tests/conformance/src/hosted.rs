@@ -55,7 +55,8 @@ impl HostedTcb {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = self.log_path();
-        let args = [std::ffi::OsStr::new("--state"), self.state.as_os_str(), "--socket".as_ref(), self.socket.as_os_str()];
+        let args =
+            [std::ffi::OsStr::new("--state"), self.state.as_os_str(), "--socket".as_ref(), self.socket.as_os_str()];
         let mut child = spawn_logged(&self.bin, &args, &log).expect("spawn ppn-tcb");
         if let Err(e) = wait_for_socket(&self.socket, &mut child, Duration::from_secs(20)) {
             let _ = child.kill();

@@ -22,8 +22,11 @@ pub use hosted::{HostedTcb, locate_bin};
 /// Timeout of one request in the checks.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A failed check.
+/// What a check found (`Ok`) or why it failed (`Err`).
 pub type CheckResult = Result<String, String>;
+
+/// A named check that needs only the TCB's socket.
+pub type Check = (&'static str, Box<dyn Fn(&Path) -> CheckResult>);
 
 fn err(context: &str) -> impl FnOnce(ClientError) -> String + '_ {
     move |e| format!("{context}: {e}")
@@ -68,7 +71,10 @@ pub fn check_node_service(socket: &Path) -> CheckResult {
     let NodeResponse::PublicKeys(keys) = node(&mut c, NodeRequest::PublicKeys)? else { return Err("not keys".into()) };
     let NodeResponse::Status(status) = node(&mut c, NodeRequest::Status)? else { return Err("not a status".into()) };
     if keys.node_id != id.node_id || status.node_id != id.node_id {
-        return Err(format!("node ids disagree: identity {} keys {} status {}", id.node_id, keys.node_id, status.node_id));
+        return Err(format!(
+            "node ids disagree: identity {} keys {} status {}",
+            id.node_id, keys.node_id, status.node_id
+        ));
     }
     if keys.signing_key == ByteArray::ZERO {
         return Err("signing key is all zero".into());
@@ -159,7 +165,12 @@ fn hostile_chunk(rng: &mut Rng, out: &mut Vec<u8>) {
                 1 => (MAX_BODY_LEN + 1) as u32,
                 _ => body_len as u32,
             };
-            let header = Header { response: rng.below(5) == 0, kind: Kind::from_u16(kind), request_id: rng.next_u64() as u32, body_len: 0 };
+            let header = Header {
+                response: rng.below(5) == 0,
+                kind: Kind::from_u16(kind),
+                request_id: rng.next_u64() as u32,
+                body_len: 0,
+            };
             header.emit(&mut frame).expect("a header fits");
             frame[12..16].copy_from_slice(&claimed.to_le_bytes());
             rng.fill(&mut frame[16..]);
@@ -200,7 +211,8 @@ pub fn check_garbage_resilience(socket: &Path, count: usize, seed: u64) -> Check
                     None => {}
                     Some(Err(e)) => return Err(format!("TCB sent an undecodable chunk: {e}")),
                     Some(Ok(frame)) => {
-                        let (id, resp) = ppn_wire::decode_response(frame).map_err(|e| format!("TCB sent a bad frame: {e}"))?;
+                        let (id, resp) =
+                            ppn_wire::decode_response(frame).map_err(|e| format!("TCB sent a bad frame: {e}"))?;
                         if id == PROBE_ID {
                             return Ok((answers, errors, Some(resp)));
                         }
@@ -251,12 +263,14 @@ pub fn check_garbage_resilience(socket: &Path, count: usize, seed: u64) -> Check
 pub fn check_dropped_connections(socket: &Path) -> CheckResult {
     for cut in [1usize, 8, 17] {
         let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-        let bytes = ppn_tcb_client::encode_request_stream(7, &Request::Node(NodeRequest::Status)).map_err(|e| e.to_string())?;
+        let bytes =
+            ppn_tcb_client::encode_request_stream(7, &Request::Node(NodeRequest::Status)).map_err(|e| e.to_string())?;
         conn.write_all(&bytes[..cut.min(bytes.len() - 1)]).map_err(|e| e.to_string())?;
         drop(conn);
     }
     let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-    let bytes = ppn_tcb_client::encode_request_stream(8, &Request::Node(NodeRequest::Identity)).map_err(|e| e.to_string())?;
+    let bytes =
+        ppn_tcb_client::encode_request_stream(8, &Request::Node(NodeRequest::Identity)).map_err(|e| e.to_string())?;
     conn.write_all(&bytes).map_err(|e| e.to_string())?;
     drop(conn);
     let mut c = Client::connect(socket, TIMEOUT).map_err(err("connect"))?;
@@ -282,10 +296,15 @@ pub fn check_bad_frames_are_explained(socket: &Path) -> CheckResult {
         ("reserved flag", mutate(&|v| v[5] = 0x40), 0, "flag"),
         ("oversize length", mutate(&|v| v[12..16].copy_from_slice(&u32::MAX.to_le_bytes())), 0, "limit"),
         ("unknown kind", mutate(&|v| v[6..8].copy_from_slice(&0x7F7Fu16.to_le_bytes())), 42, "unknown"),
-        ("trailing body bytes", mutate(&|v| {
-            v.push(0xAA);
-            v[12..16].copy_from_slice(&1u32.to_le_bytes());
-        }), 42, "trailing"),
+        (
+            "trailing body bytes",
+            mutate(&|v| {
+                v.push(0xAA);
+                v[12..16].copy_from_slice(&1u32.to_le_bytes());
+            }),
+            42,
+            "trailing",
+        ),
     ];
     for (name, frame, want_id, want_word) in cases {
         let mut enc = vec![0u8; MAX_ENCODED_LEN];
@@ -294,7 +313,11 @@ pub fn check_bad_frames_are_explained(socket: &Path) -> CheckResult {
         let (id, resp) = c.recv().map_err(err(name))?;
         match resp {
             Response::Error(e) if e.code == ErrorCode::BadFrame && id == want_id && e.detail.contains(want_word) => {}
-            other => return Err(format!("{name}: got id {id} {other:?}, want BadFrame id {want_id} mentioning {want_word:?}")),
+            other => {
+                return Err(format!(
+                    "{name}: got id {id} {other:?}, want BadFrame id {want_id} mentioning {want_word:?}"
+                ));
+            }
         }
     }
     node(&mut c, NodeRequest::Status)?;
@@ -302,7 +325,7 @@ pub fn check_bad_frames_are_explained(socket: &Path) -> CheckResult {
 }
 
 /// Every check that takes only a socket, by name.
-pub fn checks() -> Vec<(&'static str, Box<dyn Fn(&Path) -> CheckResult>)> {
+pub fn checks() -> Vec<Check> {
     vec![
         ("node-service", Box::new(check_node_service)),
         ("every-kind-answered", Box::new(check_every_kind_is_answered)),

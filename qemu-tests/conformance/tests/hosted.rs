@@ -30,12 +30,18 @@ fn every_check_passes_against_ppn_tcb() {
 fn ten_thousand_hostile_frames_then_a_valid_request_and_the_process_lives() {
     let mut tcb = HostedTcb::start();
     let before = status(&tcb);
-    let what = check_garbage_resilience(&tcb.socket, 10_000, 0xBAD_F00D).unwrap_or_else(|e| panic!("{e}\n{}", tcb.log()));
+    let what =
+        check_garbage_resilience(&tcb.socket, 10_000, 0xBAD_F00D).unwrap_or_else(|e| panic!("{e}\n{}", tcb.log()));
     assert!(what.contains("10001 hostile chunks"), "{what}");
     assert!(tcb.is_running(), "ppn-tcb exited:\n{}", tcb.log());
     let after = status(&tcb);
     assert_eq!(after.node_id, before.node_id);
-    assert!(after.requests_failed >= before.requests_failed + 5_000, "{} -> {}", before.requests_failed, after.requests_failed);
+    assert!(
+        after.requests_failed >= before.requests_failed + 5_000,
+        "{} -> {}",
+        before.requests_failed,
+        after.requests_failed
+    );
 }
 
 #[test]
@@ -90,7 +96,11 @@ fn a_second_tcb_on_the_same_state_is_refused_and_sigterm_removes_the_socket() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another ppn-tcb"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another ppn-tcb"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = tcb.terminate().expect("exit status");
     assert!(status.success(), "{status}");
     assert!(!tcb.socket.exists(), "socket left behind after SIGTERM");

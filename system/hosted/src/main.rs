@@ -23,6 +23,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Before any secret is in memory.
+    if let Err(e) = ppn_tcb::harden::harden_process() {
+        eprintln!("ppn-tcb: cannot make the process non-dumpable: {e}");
+        return ExitCode::from(2);
+    }
     let (tcb, report) = match Tcb::open(&args.state) {
         Ok(t) => t,
         Err(e) => {

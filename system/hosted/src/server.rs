@@ -15,10 +15,16 @@ use std::sync::{Arc, Mutex};
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists and is not a socket", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
         }
         if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{} is served by a running process", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is served by a running process", path.display()),
+            ));
         }
         std::fs::remove_file(path)?;
     }
@@ -47,10 +53,11 @@ pub fn serve(listener: UnixListener, tcb: Arc<Mutex<Tcb>>, max_connections: usiz
         let tcb = Arc::clone(&tcb);
         let active = Arc::clone(&active);
         std::thread::spawn(move || {
-            if let Err(e) = connection(conn, &tcb) {
-                if e.kind() != io::ErrorKind::BrokenPipe && e.kind() != io::ErrorKind::ConnectionReset {
-                    eprintln!("ppn-tcb: connection: {e}");
-                }
+            if let Err(e) = connection(conn, &tcb)
+                && e.kind() != io::ErrorKind::BrokenPipe
+                && e.kind() != io::ErrorKind::ConnectionReset
+            {
+                eprintln!("ppn-tcb: connection: {e}");
             }
             active.fetch_sub(1, Ordering::SeqCst);
         });

@@ -39,7 +39,7 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 impl Storage for FileStorage {
     type Error = io::Error;
 
-    fn len(&mut self) -> io::Result<u64> {
+    fn size(&mut self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
@@ -55,7 +55,7 @@ impl Storage for FileStorage {
     /// Saves the bytes past `len` to `<journal>.torn-<unix time>` (synced) before cutting them,
     /// so that recovery never destroys data an operator may want to inspect.
     fn truncate(&mut self, len: u64) -> io::Result<()> {
-        let total = self.len()?;
+        let total = self.size()?;
         if total > len {
             let mut tail = vec![0u8; (total - len) as usize];
             self.file.read_exact_at(&mut tail, len)?;

@@ -70,7 +70,8 @@ impl Tcb {
         }
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(io_err(state_dir))?;
         let lock_path = state_dir.join(LOCK_FILE);
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
         if lock.try_lock().is_err() {
             return Err(OpenError::Locked(state_dir.display().to_string()));
         }
@@ -79,17 +80,17 @@ impl Tcb {
         let storage = FileStorage::open(&path).map_err(io_err(&path))?;
         let mut scratch = vec![0u8; MAX_RECORD];
         let mut replay = Replay::default();
-        let (mut journal, recovery) =
-            Journal::open(storage, &mut scratch, |k, p| replay.record(k, p)).map_err(|e| OpenError::Journal(e.to_string()))?;
-        let (seed, last_boot) = replay.finish()?;
+        let (mut journal, recovery) = Journal::open(storage, &mut scratch, |k, p| replay.record(k, p))
+            .map_err(|e| OpenError::Journal(e.to_string()))?;
+        let recovered = replay.finish()?;
 
         let mut payload = [0u8; 32];
         let mut append = |journal: &mut Journal<FileStorage>, rec: &NodeRecord| {
             let (kind, n) = rec.encode(&mut payload);
             journal.append(kind, &payload[..n], &mut scratch).map_err(|e| OpenError::Journal(e.to_string()))
         };
-        let created_identity = seed.is_none();
-        let seed = match seed {
+        let created_identity = recovered.seed.is_none();
+        let seed = match recovered.seed {
             Some(seed) => seed,
             None => {
                 let mut seed = Zeroizing::new([0u8; 32]);
@@ -98,7 +99,7 @@ impl Tcb {
                 seed
             }
         };
-        let boot_count = last_boot.saturating_add(1);
+        let boot_count = recovered.boot_count.saturating_add(1);
         append(&mut journal, &NodeRecord::Boot { count: boot_count })?;
         payload.fill(0);
 
@@ -167,4 +168,3 @@ fn encode_or_internal(request_id: u32, response: &Response, out: &mut [u8]) -> u
             .expect("an error frame always fits MAX_FRAME_LEN"),
     }
 }
-

@@ -69,7 +69,8 @@ fn status_text(socket: &Path, s: &NodeStatus, k: &NodePublicKeys) -> String {
         Platform::Sel4Microkit => "seL4 Microkit protection domains".to_owned(),
         p => platform_name(p),
     };
-    let services: Vec<String> = s.services.iter().map(|x| format!("{} {}", x.service().name(), state_name(x.state))).collect();
+    let services: Vec<String> =
+        s.services.iter().map(|x| format!("{} {}", x.service().name(), state_name(x.state))).collect();
     let _ = writeln!(out, "TCB at {}", socket.display());
     let _ = writeln!(out, "  node id      {}", s.node_id);
     let _ = writeln!(out, "  platform     {platform}");
