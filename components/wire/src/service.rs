@@ -227,10 +227,19 @@ pub struct TokenVerdict {
 /// What a revocation names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RevokeTarget {
-    Node { node: NodeId },
-    Grant { issuer: NodeId, sequence: u64 },
+    Node {
+        node: NodeId,
+    },
+    Grant {
+        issuer: NodeId,
+        sequence: u64,
+    },
     /// Every grant of `issuer` with `first <= sequence <= last`.
-    GrantRange { issuer: NodeId, first: u64, last: u64 },
+    GrantRange {
+        issuer: NodeId,
+        first: u64,
+        last: u64,
+    },
 }
 
 /// Request body of [`crate::Kind::LedgerRevoke`].
