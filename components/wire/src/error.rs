@@ -35,6 +35,9 @@ pub enum Error {
     /// The body decoded, but bytes were left after it.
     #[error("body for kind {kind:#06x} has {extra} trailing bytes")]
     TrailingBodyBytes { kind: u16, extra: usize },
+    /// A whole frame longer than [`crate::MAX_FRAME_LEN`] given to the stream encoder.
+    #[error("frame of {0} bytes exceeds the limit of {max} bytes", max = crate::MAX_FRAME_LEN)]
+    FrameTooLong(usize),
     /// The output buffer is too small for the encoded frame.
     #[error("output buffer too small")]
     BufferTooSmall,

@@ -14,7 +14,7 @@ const MAX_CHUNK: usize = MAX_ENCODED_LEN - 1;
 /// COBS-encodes `frame` into `out` and appends the `0x00` terminator; returns bytes written.
 pub fn encode(frame: &[u8], out: &mut [u8]) -> Result<usize, Error> {
     if frame.len() > MAX_FRAME_LEN {
-        return Err(Error::TooLong(frame.len() as u32));
+        return Err(Error::FrameTooLong(frame.len()));
     }
     let n = cobs::try_encode(frame, out).map_err(|_| Error::BufferTooSmall)?;
     *out.get_mut(n).ok_or(Error::BufferTooSmall)? = 0;
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(n, MAX_ENCODED_LEN);
         let mut d = Deframer::new();
         assert_eq!(deframe_all(&mut d, &enc[..n]), [Ok(frame)]);
-        assert_eq!(encode(&[0; MAX_FRAME_LEN + 1], &mut enc), Err(Error::TooLong(MAX_FRAME_LEN as u32 + 1)));
+        assert_eq!(encode(&[0; MAX_FRAME_LEN + 1], &mut enc), Err(Error::FrameTooLong(MAX_FRAME_LEN + 1)));
     }
 
     #[test]
