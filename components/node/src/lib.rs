@@ -210,10 +210,12 @@ pub struct Runtime<'a> {
     pub services: &'a [ServiceStatus],
 }
 
-/// The node service.
+/// The node service. It holds only public parts of the node's keys; the secret keys belong to
+/// the service that uses them (the ledger).
 #[derive(Debug)]
 pub struct NodeCore {
-    keys: NodeKeys,
+    node_id: NodeId,
+    signing_public: [u8; 32],
     platform: Platform,
     tcb_version: heapless::String<VERSION_STRING_MAX>,
     boot_count: u32,
@@ -221,18 +223,22 @@ pub struct NodeCore {
 
 impl NodeCore {
     /// `tcb_version` is cut to [`VERSION_STRING_MAX`] bytes.
-    pub fn new(keys: NodeKeys, platform: Platform, tcb_version: &str, boot_count: u32) -> Self {
+    pub fn new(keys: &NodeKeys, platform: Platform, tcb_version: &str, boot_count: u32) -> Self {
         let mut v = heapless::String::new();
         for c in tcb_version.chars() {
             if v.push(c).is_err() {
                 break;
             }
         }
-        Self { keys, platform, tcb_version: v, boot_count }
+        Self { node_id: keys.node_id(), signing_public: keys.signing_public(), platform, tcb_version: v, boot_count }
     }
 
-    pub fn keys(&self) -> &NodeKeys {
-        &self.keys
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn signing_public(&self) -> [u8; 32] {
+        self.signing_public
     }
 
     pub fn boot_count(&self) -> u32 {
@@ -241,7 +247,7 @@ impl NodeCore {
 
     /// Answers a node service request.
     pub fn handle(&self, request: &NodeRequest, rt: &Runtime<'_>) -> NodeResponse {
-        let node_id = self.keys.node_id();
+        let node_id = self.node_id;
         match request {
             NodeRequest::Identity => NodeResponse::Identity(NodeIdentity {
                 node_id,
@@ -250,7 +256,7 @@ impl NodeCore {
             }),
             NodeRequest::PublicKeys => NodeResponse::PublicKeys(NodePublicKeys {
                 node_id,
-                signing_key: ByteArray(self.keys.signing_public()),
+                signing_key: ByteArray(self.signing_public),
                 attestation_key: None,
             }),
             NodeRequest::Status => NodeResponse::Status(NodeStatus {
@@ -322,14 +328,15 @@ mod tests {
 
     #[test]
     fn status_reports_runtime_and_identity() {
-        let core = NodeCore::new(NodeKeys::from_seed(&[1; 32]), Platform::Hosted, "0.1.0", 3);
+        let keys = NodeKeys::from_seed(&[1; 32]);
+        let core = NodeCore::new(&keys, Platform::Hosted, "0.1.0", 3);
         let services = [ServiceStatus { service: 1, state: ppn_wire::service::ServiceState::Ready }];
         let rt = Runtime { uptime_ms: 5, requests_served: 10, requests_failed: 2, services: &services };
         let NodeResponse::Status(s) = core.handle(&NodeRequest::Status, &rt) else { panic!("not a status") };
         assert_eq!((s.uptime_ms, s.boot_count, s.requests_served, s.requests_failed), (5, 3, 10, 2));
-        assert_eq!(s.node_id, core.keys().node_id());
+        assert_eq!(s.node_id, keys.node_id());
         assert_eq!(&s.services[..], &services[..]);
         let NodeResponse::PublicKeys(k) = core.handle(&NodeRequest::PublicKeys, &rt) else { panic!("not keys") };
-        assert_eq!(k.signing_key.0, core.keys().signing_public());
+        assert_eq!(k.signing_key.0, keys.signing_public());
     }
 }

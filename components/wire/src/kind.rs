@@ -121,6 +121,10 @@ kinds! {
     LedgerHeads = 0x0205,
     /// Records a peer lacks, given the peer's heads.
     LedgerRecordsLacking = 0x0206,
+    /// Ledger summary for operators: counts, revoked nodes.
+    LedgerSummary = 0x0207,
+    /// The fleet root set.
+    LedgerRoots = 0x0208,
 
     /// The lendable memory pool's state.
     LenderPoolStatus = 0x0301,

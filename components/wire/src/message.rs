@@ -27,6 +27,8 @@ pub enum LedgerRequest {
     IngestRecords(IngestRecords),
     Heads,
     RecordsLacking(RecordsLacking),
+    Summary,
+    Roots,
 }
 
 /// Lender service requests.
@@ -71,6 +73,8 @@ pub enum LedgerResponse {
     IngestRecords(Ingested),
     Heads(Heads),
     RecordsLacking(Records),
+    Summary(LedgerSummary),
+    Roots(RootSet),
 }
 
 /// Lender service responses.
@@ -111,6 +115,8 @@ impl Request {
             Self::Ledger(LedgerRequest::IngestRecords(_)) => Kind::LedgerIngestRecords,
             Self::Ledger(LedgerRequest::Heads) => Kind::LedgerHeads,
             Self::Ledger(LedgerRequest::RecordsLacking(_)) => Kind::LedgerRecordsLacking,
+            Self::Ledger(LedgerRequest::Summary) => Kind::LedgerSummary,
+            Self::Ledger(LedgerRequest::Roots) => Kind::LedgerRoots,
             Self::Lender(LenderRequest::PoolStatus) => Kind::LenderPoolStatus,
             Self::Lender(LenderRequest::Reserve(_)) => Kind::LenderReserve,
             Self::Lender(LenderRequest::CommitLease(_)) => Kind::LenderCommitLease,
@@ -127,7 +133,7 @@ impl Request {
     fn put_body(&self, out: &mut [u8]) -> Result<usize, Error> {
         match self {
             Self::Node(NodeRequest::Identity | NodeRequest::PublicKeys | NodeRequest::Status)
-            | Self::Ledger(LedgerRequest::Heads)
+            | Self::Ledger(LedgerRequest::Heads | LedgerRequest::Summary | LedgerRequest::Roots)
             | Self::Lender(LenderRequest::PoolStatus) => Ok(0),
             Self::Ledger(LedgerRequest::IssueGrant(b)) => put(b, out),
             Self::Ledger(LedgerRequest::VerifyToken(b)) => put(b, out),
@@ -154,6 +160,8 @@ impl Request {
             Kind::LedgerIngestRecords => Self::Ledger(Le::IngestRecords(take(kind, body)?)),
             Kind::LedgerHeads => empty(kind, body).map(|()| Self::Ledger(Le::Heads))?,
             Kind::LedgerRecordsLacking => Self::Ledger(Le::RecordsLacking(take(kind, body)?)),
+            Kind::LedgerSummary => empty(kind, body).map(|()| Self::Ledger(Le::Summary))?,
+            Kind::LedgerRoots => empty(kind, body).map(|()| Self::Ledger(Le::Roots))?,
             Kind::LenderPoolStatus => empty(kind, body).map(|()| Self::Lender(Ln::PoolStatus))?,
             Kind::LenderReserve => Self::Lender(Ln::Reserve(take(kind, body)?)),
             Kind::LenderCommitLease => Self::Lender(Ln::CommitLease(take(kind, body)?)),
@@ -179,6 +187,8 @@ impl Response {
             Self::Ledger(LedgerResponse::IngestRecords(_)) => Kind::LedgerIngestRecords,
             Self::Ledger(LedgerResponse::Heads(_)) => Kind::LedgerHeads,
             Self::Ledger(LedgerResponse::RecordsLacking(_)) => Kind::LedgerRecordsLacking,
+            Self::Ledger(LedgerResponse::Summary(_)) => Kind::LedgerSummary,
+            Self::Ledger(LedgerResponse::Roots(_)) => Kind::LedgerRoots,
             Self::Lender(LenderResponse::PoolStatus(_)) => Kind::LenderPoolStatus,
             Self::Lender(LenderResponse::Reserve(_)) => Kind::LenderReserve,
             Self::Lender(LenderResponse::CommitLease(_)) => Kind::LenderCommitLease,
@@ -205,6 +215,8 @@ impl Response {
             Self::Ledger(LedgerResponse::IngestRecords(b)) => put(b, out),
             Self::Ledger(LedgerResponse::Heads(b)) => put(b, out),
             Self::Ledger(LedgerResponse::RecordsLacking(b)) => put(b, out),
+            Self::Ledger(LedgerResponse::Summary(b)) => put(b, out),
+            Self::Ledger(LedgerResponse::Roots(b)) => put(b, out),
             Self::Lender(LenderResponse::PoolStatus(b)) => put(b, out),
             Self::Lender(LenderResponse::Reserve(b)) => put(b, out),
             Self::Lender(LenderResponse::CommitLease(b)) => put(b, out),
@@ -227,6 +239,8 @@ impl Response {
             Kind::LedgerIngestRecords => Self::Ledger(Le::IngestRecords(take(kind, body)?)),
             Kind::LedgerHeads => Self::Ledger(Le::Heads(take(kind, body)?)),
             Kind::LedgerRecordsLacking => Self::Ledger(Le::RecordsLacking(take(kind, body)?)),
+            Kind::LedgerSummary => Self::Ledger(Le::Summary(take(kind, body)?)),
+            Kind::LedgerRoots => Self::Ledger(Le::Roots(take(kind, body)?)),
             Kind::LenderPoolStatus => Self::Lender(Ln::PoolStatus(take(kind, body)?)),
             Kind::LenderReserve => Self::Lender(Ln::Reserve(take(kind, body)?)),
             Kind::LenderCommitLease => Self::Lender(Ln::CommitLease(take(kind, body)?)),

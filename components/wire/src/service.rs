@@ -17,6 +17,10 @@ pub const RECORD_MAX: usize = 1024;
 pub const RECORDS_PER_FRAME: usize = 12;
 /// Most heads in one frame.
 pub const HEADS_MAX: usize = 64;
+/// Most revoked node ids listed in a ledger summary.
+pub const REVOKED_NODES_MAX: usize = 64;
+/// Most keys in a root set answer.
+pub const ROOTS_MAX: usize = 64;
 /// Longest verifier nonce.
 pub const NONCE_MAX: usize = 64;
 /// Largest COSE_Sign1 attestation report.
@@ -303,6 +307,33 @@ pub struct Records {
     pub records: Vec<Record, RECORDS_PER_FRAME>,
     /// More records are lacking; ask again with the new heads.
     pub more: bool,
+}
+
+/// Answer to [`crate::Kind::LedgerSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerSummary {
+    pub record_count: u64,
+    pub heads: u32,
+    /// Records held until their parents arrive.
+    pub pending: u32,
+    /// Held records dropped, oldest first, to make room (since start).
+    pub pending_dropped: u64,
+    pub root_count: u32,
+    /// Nodes admitted by a NodeAdmitted record.
+    pub admitted_count: u32,
+    pub revoked_node_count: u32,
+    /// The first [`REVOKED_NODES_MAX`] revoked nodes, ascending.
+    pub revoked_nodes: Vec<NodeId, REVOKED_NODES_MAX>,
+    /// Disjoint revoked grant ranges over all issuers.
+    pub revoked_grant_ranges: u32,
+    /// The sequence number the next grant gets.
+    pub next_sequence: u64,
+}
+
+/// Answer to [`crate::Kind::LedgerRoots`]: the fleet root set's Ed25519 keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootSet {
+    pub keys: Vec<PublicKey, ROOTS_MAX>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             report.journal.truncated_bytes, report.journal.records
         );
     }
-    let node_id = tcb.node().keys().node_id();
+    let node_id = tcb.node().node_id();
     let listener = match server::bind(&args.socket) {
         Ok(l) => l,
         Err(e) => {

@@ -103,7 +103,8 @@ impl Tcb {
         append(&mut journal, &NodeRecord::Boot { count: boot_count })?;
         payload.fill(0);
 
-        let node = NodeCore::new(NodeKeys::from_seed(&seed), Platform::Hosted, env!("CARGO_PKG_VERSION"), boot_count);
+        let keys = NodeKeys::from_seed(&seed);
+        let node = NodeCore::new(&keys, Platform::Hosted, env!("CARGO_PKG_VERSION"), boot_count);
         let report = OpenReport { created_identity, boot_count, journal: recovery };
         let tcb = Self { node, _journal: journal, _lock: lock, started: Instant::now(), served: 0, failed: 0 };
         Ok((tcb, report))

@@ -1,0 +1,511 @@
+//! The ledger: keys, fleet roots, the record DAG, revocation state, tokens, and its journal.
+
+extern crate alloc;
+use crate::dag::Dag;
+use crate::record::{Body, MAX_PARENTS, Record, RecordId};
+use crate::revocations::Revocations;
+use crate::token::{Claims, TokenBytes};
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use ed25519_dalek::VerifyingKey;
+use ppn_journal::{Journal, MAX_RECORD, Storage};
+use ppn_node_core::{NodeKeys, node_id_of};
+use ppn_wire::ErrorCode;
+use ppn_wire::message::{LedgerRequest, LedgerResponse};
+use ppn_wire::service::Record as WireRecord;
+use ppn_wire::service::*;
+use zerocopy::IntoBytes;
+
+/// Journal record kinds of the ledger log.
+pub mod entry {
+    /// An accepted ledger record (its canonical bytes).
+    pub const RECORD: u8 = 1;
+    /// Grant sequence numbers below this (u64 LE) may have been issued.
+    pub const SEQUENCE_RESERVED: u8 = 2;
+}
+
+/// Records waiting for parents, at most this many; the oldest is dropped for a new one.
+pub const MAX_PENDING: usize = 1024;
+/// Grant sequence numbers reserved per journal write.
+pub const SEQUENCE_BLOCK: u64 = 1024;
+
+/// The fleet root set: nodes admitted by the operator, not by a record.
+#[derive(Debug, Clone, Default)]
+pub struct Roots {
+    keys: BTreeMap<NodeId, VerifyingKey>,
+}
+
+impl Roots {
+    /// Adds a node's Ed25519 public key; `false` if it is not a valid key.
+    pub fn add(&mut self, key: &[u8; 32]) -> bool {
+        match VerifyingKey::from_bytes(key) {
+            Ok(k) => {
+                self.keys.insert(node_id_of(key), k);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn get(&self, node: &NodeId) -> Option<&VerifyingKey> {
+        self.keys.get(node)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = (&NodeId, &VerifyingKey)> {
+        self.keys.iter()
+    }
+}
+
+/// A refused request: the wire error code and a detail for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub detail: &'static str,
+}
+
+const fn refuse(code: ErrorCode, detail: &'static str) -> Refusal {
+    Refusal { code, detail }
+}
+
+/// What opening a ledger found in its journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub records: u64,
+    /// Journal records that no longer pass the checks (counted, skipped).
+    pub rejected: u64,
+    pub truncated_bytes: u64,
+}
+
+/// Why a record was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reject {
+    /// The record fails a check; every replica refuses it alike.
+    Check(IngestOutcome),
+    /// The journal could not be written; nothing changed.
+    Storage,
+}
+
+const STORAGE: Refusal = refuse(ErrorCode::Internal, "the ledger journal could not be written");
+
+#[derive(Debug)]
+struct Admission {
+    key: VerifyingKey,
+    records: Vec<RecordId>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    records: BTreeMap<RecordId, Record>,
+    /// Arrival order, for dropping the oldest.
+    fifo: VecDeque<RecordId>,
+    /// Missing parent -> records waiting for it.
+    waiting: BTreeMap<RecordId, Vec<RecordId>>,
+    dropped: u64,
+}
+
+/// The capability ledger of one node.
+#[derive(Debug)]
+pub struct Ledger<S: Storage> {
+    keys: NodeKeys,
+    node_id: NodeId,
+    roots: Arc<Roots>,
+    dag: Dag,
+    admitted: BTreeMap<NodeId, Admission>,
+    /// NodeRevoked records per revoked node, for the causal check of later records.
+    revoked_by: BTreeMap<NodeId, Vec<RecordId>>,
+    revocations: Revocations,
+    pending: Pending,
+    journal: Journal<S>,
+    scratch: Vec<u8>,
+    next_sequence: u64,
+    reserved_sequence: u64,
+}
+
+impl<S: Storage> Ledger<S> {
+    /// Opens the ledger on `storage`, replaying and re-checking every record in it.
+    pub fn open(
+        keys: NodeKeys,
+        roots: Arc<Roots>,
+        storage: S,
+    ) -> Result<(Self, OpenReport), ppn_journal::Error<S::Error>> {
+        let mut scratch = alloc::vec![0u8; MAX_RECORD];
+        let mut entries: Vec<(u8, Vec<u8>)> = Vec::new();
+        let (journal, recovery) = Journal::open(storage, &mut scratch, |k, p| entries.push((k, p.to_vec())))?;
+        let node_id = keys.node_id();
+        let mut ledger = Ledger {
+            keys,
+            node_id,
+            roots,
+            dag: Dag::default(),
+            admitted: BTreeMap::new(),
+            revoked_by: BTreeMap::new(),
+            revocations: Revocations::default(),
+            pending: Pending::default(),
+            journal,
+            scratch,
+            next_sequence: 0,
+            reserved_sequence: 0,
+        };
+        let mut report = OpenReport { truncated_bytes: recovery.truncated_bytes, ..OpenReport::default() };
+        for (kind, payload) in entries {
+            match kind {
+                entry::RECORD => match Record::decode(&payload).map(|r| ledger.accept(r, false)) {
+                    Ok(Ok(())) => report.records += 1,
+                    _ => report.rejected += 1,
+                },
+                entry::SEQUENCE_RESERVED if payload.len() == 8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&payload);
+                    ledger.reserved_sequence = ledger.reserved_sequence.max(u64::from_le_bytes(b));
+                }
+                _ => report.rejected += 1,
+            }
+        }
+        // Numbers below the reservation may have been handed out before a crash: skip them.
+        ledger.next_sequence = ledger.reserved_sequence;
+        Ok((ledger, report))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.records.len()
+    }
+
+    pub fn journal_storage(&self) -> &S {
+        self.journal.storage()
+    }
+
+    /// The key of `author` if it is a root or admitted by an accepted record.
+    fn author_key(&self, author: &NodeId) -> Option<VerifyingKey> {
+        self.roots.get(author).copied().or_else(|| self.admitted.get(author).map(|a| a.key))
+    }
+
+    /// True when `node` is in the root set or admitted by a record, and not revoked.
+    pub fn is_trusted(&self, node: &NodeId) -> bool {
+        self.author_key(node).is_some() && !self.revocations.node_revoked(node)
+    }
+
+    /// The acceptance checks of a record whose parents are all present. Each depends only on
+    /// the record and its ancestors, so every replica decides alike, in any delivery order:
+    /// - the author is a root, or admitted by a record among its ancestors;
+    /// - the signature checks under the author's key;
+    /// - no revocation of the author is among its ancestors (records the author made before
+    ///   its revocation stay valid).
+    fn check(&self, r: &Record) -> Result<(), IngestOutcome> {
+        let key = self.author_key(&r.author).ok_or(IngestOutcome::UnknownAuthor)?;
+        if !r.signature_ok(&key) {
+            return Err(IngestOutcome::BadSignature);
+        }
+        if self.roots.get(&r.author).is_none() {
+            let admissions = self.admitted.get(&r.author).map(|a| &a.records[..]).unwrap_or(&[]);
+            if !self.dag.reaches_any(&r.parents, admissions) {
+                return Err(IngestOutcome::UnknownAuthor);
+            }
+        }
+        if let Some(revs) = self.revoked_by.get(&r.author)
+            && self.dag.reaches_any(&r.parents, revs)
+        {
+            return Err(IngestOutcome::RevokedAuthor);
+        }
+        Ok(())
+    }
+
+    /// Checks, persists (if `persist`), and applies one record whose parents are present.
+    fn accept(&mut self, r: Record, persist: bool) -> Result<(), Reject> {
+        self.check(&r).map_err(Reject::Check)?;
+        if persist {
+            // Durable before it counts: a crash after this line replays the record.
+            let bytes = r.bytes.clone();
+            self.journal.append(entry::RECORD, &bytes, &mut self.scratch).map_err(|_| Reject::Storage)?;
+        }
+        match r.body {
+            Body::NodeAdmitted { key } => {
+                let node = node_id_of(&key);
+                match VerifyingKey::from_bytes(&key) {
+                    Ok(vk) => {
+                        let a = self.admitted.entry(node).or_insert(Admission { key: vk, records: Vec::new() });
+                        if a.key.as_bytes() != &key {
+                            // Two keys claim one node id: trust neither, in any delivery order.
+                            self.revocations.revoke_node(node);
+                        }
+                        a.records.push(r.id);
+                    }
+                    Err(_) => self.revocations.revoke_node(node),
+                }
+                if self.roots.get(&node).is_some_and(|k| k.as_bytes() != &key) {
+                    self.revocations.revoke_node(node);
+                }
+            }
+            Body::NodeRevoked { node } => {
+                self.revocations.revoke_node(node);
+                self.revoked_by.entry(node).or_default().push(r.id);
+            }
+            Body::GrantRevoked { issuer, first, last } => self.revocations.revoke_grants(issuer, first, last),
+        }
+        self.dag.insert(r);
+        Ok(())
+    }
+
+    /// Takes in one record relayed from a peer. Fails only when the journal cannot be written.
+    pub fn ingest(&mut self, bytes: &[u8]) -> Result<IngestOutcome, Refusal> {
+        let r = match Record::decode(bytes) {
+            Ok(r) => r,
+            Err(_) => return Ok(IngestOutcome::Malformed),
+        };
+        if self.dag.contains(&r.id) {
+            return Ok(IngestOutcome::Duplicate);
+        }
+        if self.pending.records.contains_key(&r.id) {
+            return Ok(IngestOutcome::Pending);
+        }
+        if !self.dag.parents_present(&r) {
+            // Check what can be checked now, so the buffer holds no forgery by a known author.
+            if let Some(key) = self.author_key(&r.author)
+                && !r.signature_ok(&key)
+            {
+                return Ok(IngestOutcome::BadSignature);
+            }
+            self.hold(r);
+            return Ok(IngestOutcome::Pending);
+        }
+        let id = r.id;
+        match self.accept(r, true) {
+            Ok(()) => {
+                self.release_waiting(id)?;
+                Ok(IngestOutcome::Accepted)
+            }
+            Err(Reject::Check(outcome)) => Ok(outcome),
+            Err(Reject::Storage) => Err(STORAGE),
+        }
+    }
+
+    fn hold(&mut self, r: Record) {
+        if self.pending.records.len() >= MAX_PENDING
+            && let Some(old) = self.pending.fifo.pop_front()
+        {
+            self.pending.records.remove(&old);
+            self.pending.dropped += 1;
+        }
+        for p in &r.parents {
+            if !self.dag.contains(p) {
+                self.pending.waiting.entry(*p).or_default().push(r.id);
+            }
+        }
+        self.pending.fifo.push_back(r.id);
+        self.pending.records.insert(r.id, r);
+    }
+
+    /// Accepts every held record whose last missing parent was `id`, transitively.
+    fn release_waiting(&mut self, id: RecordId) -> Result<(), Refusal> {
+        let mut work = alloc::vec![id];
+        while let Some(parent) = work.pop() {
+            for child in self.pending.waiting.remove(&parent).unwrap_or_default() {
+                let ready = self.pending.records.get(&child).is_some_and(|c| self.dag.parents_present(c));
+                if !ready {
+                    continue;
+                }
+                let Some(c) = self.pending.records.remove(&child) else { continue };
+                self.pending.fifo.retain(|x| *x != child);
+                match self.accept(c, true) {
+                    Ok(()) => work.push(child),
+                    Err(Reject::Check(_)) => {}
+                    Err(Reject::Storage) => return Err(STORAGE),
+                }
+            }
+        }
+        // Waiting entries of dropped records are cleaned lazily.
+        let records = &self.pending.records;
+        self.pending.waiting.retain(|_, kids| {
+            kids.retain(|k| records.contains_key(k));
+            !kids.is_empty()
+        });
+        Ok(())
+    }
+
+    /// Authors, signs and accepts a record naming the current heads as parents.
+    pub fn author(&mut self, body: Body, now_unix_s: u64) -> Result<RecordId, Refusal> {
+        let mut heads: Vec<RecordId> = self.dag.heads().copied().collect();
+        if heads.len() > MAX_PARENTS {
+            heads.sort_by_key(|h| core::cmp::Reverse((self.dag.height(h), *h)));
+            heads.truncate(MAX_PARENTS);
+        }
+        let r = Record::sign(self.keys.signing_key(), self.node_id, now_unix_s, &heads, body);
+        let id = r.id;
+        match self.accept(r, true) {
+            Ok(()) => Ok(id),
+            Err(Reject::Check(IngestOutcome::RevokedAuthor)) => {
+                Err(refuse(ErrorCode::Rejected, "this node has been revoked"))
+            }
+            Err(Reject::Check(IngestOutcome::UnknownAuthor)) => {
+                Err(refuse(ErrorCode::Rejected, "this node is not in the fleet root set"))
+            }
+            Err(Reject::Check(_)) => {
+                Err(refuse(ErrorCode::Internal, "a record this node signed failed its own checks"))
+            }
+            Err(Reject::Storage) => Err(STORAGE),
+        }
+    }
+
+    /// Issues a capability token for `grantee`.
+    pub fn issue(&mut self, g: &IssueGrant, now_unix_s: u64) -> Result<Grant, Refusal> {
+        if g.expires_unix_s <= now_unix_s {
+            return Err(refuse(ErrorCode::Rejected, "the grant would already be expired"));
+        }
+        if self.revocations.node_revoked(&g.grantee) {
+            return Err(refuse(ErrorCode::Rejected, "the grantee has been revoked"));
+        }
+        if self.revocations.node_revoked(&self.node_id) {
+            return Err(refuse(ErrorCode::Rejected, "this node has been revoked"));
+        }
+        if self.next_sequence >= self.reserved_sequence {
+            let upto = self.next_sequence + SEQUENCE_BLOCK;
+            self.journal
+                .append(entry::SEQUENCE_RESERVED, &upto.to_le_bytes(), &mut self.scratch)
+                .map_err(|_| STORAGE)?;
+            self.reserved_sequence = upto;
+        }
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let claims = Claims {
+            issuer: self.node_id,
+            grantee: g.grantee,
+            resource_type: g.resource_type,
+            resource_id: g.resource_id,
+            expires_unix_s: g.expires_unix_s,
+            sequence,
+        };
+        let t = TokenBytes::issue(self.keys.grant_key(), &claims);
+        let mut token = Token::new();
+        token.extend_from_slice(t.as_bytes()).expect("a token fits TOKEN_MAX");
+        Ok(Grant { token, sequence })
+    }
+
+    /// Checks a token: tag (constant time), expiry, issuer, grantee, grant. A fixed number of
+    /// `O(log n)` lookups, whatever the size of the ledger.
+    pub fn verify(&self, token: &[u8], now_unix_s: u64) -> Verdict {
+        let Ok(t) = TokenBytes::parse(token) else { return Verdict::Malformed };
+        if t.issuer != self.node_id.0.0 || !t.tag_ok(self.keys.grant_key()) {
+            return Verdict::BadTag;
+        }
+        let c = t.claims();
+        if c.expires_unix_s <= now_unix_s {
+            Verdict::Expired
+        } else if self.revocations.node_revoked(&c.issuer) {
+            Verdict::IssuerRevoked
+        } else if self.revocations.node_revoked(&c.grantee) {
+            Verdict::GranteeRevoked
+        } else if self.revocations.grant_revoked(&c.issuer, c.sequence) {
+            Verdict::GrantRevoked
+        } else {
+            Verdict::Valid
+        }
+    }
+
+    /// Current heads, up to what a frame carries (highest first when there are more).
+    pub fn heads(&self) -> Heads {
+        let mut ids: Vec<RecordId> = self.dag.heads().copied().collect();
+        if ids.len() > HEADS_MAX {
+            ids.sort_by_key(|h| core::cmp::Reverse((self.dag.height(h), *h)));
+            ids.truncate(HEADS_MAX);
+        }
+        Heads { heads: ids.into_iter().collect(), record_count: self.dag.len() as u64 }
+    }
+
+    /// Records a peer with `peer_heads` lacks, parents first.
+    pub fn records_lacking(&self, peer_heads: &[RecordId], limit: usize) -> Records {
+        let limit = limit.clamp(1, RECORDS_PER_FRAME);
+        let (recs, more) = self.dag.lacking(peer_heads, limit);
+        let mut records = heapless::Vec::new();
+        for r in recs {
+            let mut b = WireRecord::new();
+            // Cannot fail: MAX_RECORD_LEN <= RECORD_MAX, checked at compile time.
+            let _ = b.extend_from_slice(&r.bytes);
+            let _ = records.push(b);
+        }
+        Records { records, more }
+    }
+
+    /// A summary for operators.
+    pub fn summary(&self) -> LedgerSummary {
+        LedgerSummary {
+            record_count: self.dag.len() as u64,
+            heads: self.dag.head_count() as u32,
+            pending: self.pending.records.len() as u32,
+            pending_dropped: self.pending.dropped,
+            root_count: self.roots.len() as u32,
+            admitted_count: self.admitted.len() as u32,
+            revoked_node_count: self.revocations.revoked_node_count() as u32,
+            revoked_nodes: self.revocations.revoked_nodes().take(REVOKED_NODES_MAX).copied().collect(),
+            revoked_grant_ranges: self.revocations.grant_range_count() as u32,
+            next_sequence: self.next_sequence,
+        }
+    }
+
+    /// The fleet root set as public keys.
+    pub fn root_keys(&self) -> RootSet {
+        RootSet { keys: self.roots.keys().take(ROOTS_MAX).map(|(_, k)| ppn_wire::ByteArray(k.to_bytes())).collect() }
+    }
+
+    /// Answers a wire request. `now_unix_s` is the TCB's own clock, never the proxy's.
+    pub fn handle(&mut self, req: &LedgerRequest, now_unix_s: u64) -> Result<LedgerResponse, Refusal> {
+        Ok(match req {
+            LedgerRequest::IssueGrant(g) => LedgerResponse::IssueGrant(self.issue(g, now_unix_s)?),
+            LedgerRequest::VerifyToken(v) => {
+                LedgerResponse::VerifyToken(TokenVerdict { verdict: self.verify(&v.token, now_unix_s) })
+            }
+            LedgerRequest::Revoke(r) => {
+                let body = match r.target {
+                    RevokeTarget::Node { node } => Body::NodeRevoked { node },
+                    RevokeTarget::Grant { issuer, sequence } => {
+                        Body::GrantRevoked { issuer, first: sequence, last: sequence }
+                    }
+                    RevokeTarget::GrantRange { issuer, first, last } => {
+                        if first > last {
+                            return Err(refuse(ErrorCode::Rejected, "grant range has first > last"));
+                        }
+                        Body::GrantRevoked { issuer, first, last }
+                    }
+                };
+                LedgerResponse::Revoke(Revoked { record_id: self.author(body, now_unix_s)? })
+            }
+            LedgerRequest::IngestRecords(i) => {
+                let mut outcomes = heapless::Vec::new();
+                for r in &i.records {
+                    // Cannot overflow: one outcome per record, same capacity.
+                    let _ = outcomes.push(self.ingest(r)?);
+                }
+                LedgerResponse::IngestRecords(Ingested { outcomes })
+            }
+            LedgerRequest::Heads => LedgerResponse::Heads(self.heads()),
+            LedgerRequest::RecordsLacking(q) => {
+                LedgerResponse::RecordsLacking(self.records_lacking(&q.peer_heads, q.limit as usize))
+            }
+            LedgerRequest::Summary => LedgerResponse::Summary(self.summary()),
+            LedgerRequest::Roots => LedgerResponse::Roots(self.root_keys()),
+        })
+    }
+}
