@@ -1,0 +1,241 @@
+//! The ledger through its public API: tokens, acceptance rules, sync, persistence.
+
+use ppn_journal::mem::MemStorage;
+use ppn_ledger::{Body, Ledger, Record, Roots};
+use ppn_node_core::NodeKeys;
+use ppn_wire::ByteArray;
+use ppn_wire::service::{IngestOutcome, IssueGrant, NodeId, ResourceType, Verdict};
+use std::sync::Arc;
+
+const NOW: u64 = 1_700_000_000;
+
+fn keys(n: u8) -> NodeKeys {
+    NodeKeys::from_seed(&[n; 32])
+}
+
+fn roots(of: &[u8]) -> Arc<Roots> {
+    let mut r = Roots::default();
+    for n in of {
+        assert!(r.add(&keys(*n).signing_public()));
+    }
+    Arc::new(r)
+}
+
+fn ledger(n: u8, roots: &Arc<Roots>) -> Ledger<MemStorage> {
+    Ledger::open(keys(n), Arc::clone(roots), MemStorage::default()).unwrap().0
+}
+
+fn grant(l: &mut Ledger<MemStorage>, grantee: NodeId) -> (Vec<u8>, u64) {
+    let g = l
+        .issue(&IssueGrant { grantee, resource_type: ResourceType::Vm, resource_id: 7, expires_unix_s: NOW + 60 }, NOW)
+        .unwrap();
+    (g.token.to_vec(), g.sequence)
+}
+
+fn other() -> NodeId {
+    NodeId(ByteArray([0xEE; 8]))
+}
+
+#[test]
+fn token_lifecycle_every_verdict() {
+    let r = roots(&[1]);
+    let mut l = ledger(1, &r);
+    let (t, seq) = grant(&mut l, other());
+    assert!(t.len() <= 64);
+    assert_eq!(l.verify(&t, NOW), Verdict::Valid);
+    assert_eq!(l.verify(&t, NOW + 60), Verdict::Expired);
+    assert_eq!(l.verify(&t[..59], NOW), Verdict::Malformed);
+    let mut bad = t.clone();
+    bad[50] ^= 1;
+    assert_eq!(l.verify(&bad, NOW), Verdict::BadTag);
+    // Another node's token (another grant key) is not ours to accept.
+    let mut l2 = ledger(2, &roots(&[2]));
+    let (t2, _) = grant(&mut l2, other());
+    assert_eq!(l.verify(&t2, NOW), Verdict::BadTag);
+
+    l.author(Body::GrantRevoked { issuer: l.node_id(), first: seq, last: seq }, NOW).unwrap();
+    assert_eq!(l.verify(&t, NOW), Verdict::GrantRevoked);
+    let (t3, seq3) = grant(&mut l, other());
+    assert!(seq3 > seq);
+    assert_eq!(l.verify(&t3, NOW), Verdict::Valid);
+    l.author(Body::NodeRevoked { node: other() }, NOW).unwrap();
+    assert_eq!(l.verify(&t3, NOW), Verdict::GranteeRevoked);
+    assert!(
+        l.issue(
+            &IssueGrant { grantee: other(), resource_type: ResourceType::Vm, resource_id: 1, expires_unix_s: NOW + 9 },
+            NOW
+        )
+        .is_err()
+    );
+
+    let (t4, _) = grant(&mut l, NodeId(ByteArray([0xAB; 8])));
+    l.author(Body::NodeRevoked { node: l.node_id() }, NOW).unwrap();
+    assert_eq!(l.verify(&t4, NOW), Verdict::IssuerRevoked);
+    // A revoked node can neither issue nor author.
+    assert!(
+        l.issue(
+            &IssueGrant {
+                grantee: NodeId(ByteArray([1; 8])),
+                resource_type: ResourceType::Vm,
+                resource_id: 1,
+                expires_unix_s: NOW + 9
+            },
+            NOW
+        )
+        .is_err()
+    );
+    let refusal = l.author(Body::NodeRevoked { node: other() }, NOW).unwrap_err();
+    assert_eq!(refusal.detail, "this node has been revoked");
+}
+
+#[test]
+fn acceptance_rules_unknown_revoked_pending() {
+    let r = roots(&[1, 2]);
+    let mut a = ledger(1, &r);
+    let mut b = ledger(2, &r);
+    // An outsider's record is refused.
+    let outsider =
+        Record::sign(keys(9).signing_key(), keys(9).node_id(), NOW, &[], Body::NodeRevoked { node: other() });
+    assert_eq!(a.ingest(&outsider.bytes).unwrap(), IngestOutcome::UnknownAuthor);
+    // A forged signature by a known author is refused.
+    let mut forged =
+        Record::sign(keys(9).signing_key(), keys(2).node_id(), NOW, &[], Body::NodeRevoked { node: other() });
+    assert_eq!(a.ingest(&forged.bytes).unwrap(), IngestOutcome::BadSignature);
+    forged.bytes[0] = b'X';
+    assert_eq!(a.ingest(&forged.bytes).unwrap(), IngestOutcome::Malformed);
+
+    // B's earlier record, then A revokes B, then B authors again naming the revocation.
+    let early = b.author(Body::GrantRevoked { issuer: other(), first: 1, last: 1 }, NOW).unwrap();
+    let early_rec = b.dag().get(&early).unwrap().bytes.clone();
+    assert_eq!(a.ingest(&early_rec).unwrap(), IngestOutcome::Accepted);
+    assert_eq!(a.ingest(&early_rec).unwrap(), IngestOutcome::Duplicate);
+    let rev = a.author(Body::NodeRevoked { node: b.node_id() }, NOW).unwrap();
+    let rev_rec = a.dag().get(&rev).unwrap().bytes.clone();
+    assert_eq!(b.ingest(&rev_rec).unwrap(), IngestOutcome::Accepted);
+    assert!(b.author(Body::GrantRevoked { issuer: other(), first: 2, last: 2 }, NOW).is_err());
+    let late = Record::sign(keys(2).signing_key(), b.node_id(), NOW, &[rev], Body::NodeRevoked { node: a.node_id() });
+    assert_eq!(a.ingest(&late.bytes).unwrap(), IngestOutcome::RevokedAuthor);
+    assert!(a.revocations().grant_revoked(&other(), 1), "the revoked author's earlier record stays in force");
+    assert!(!a.revocations().node_revoked(&a.node_id()));
+
+    // A child before its parent waits, then both land.
+    let mut c = ledger(1, &r);
+    assert_eq!(c.ingest(&rev_rec).unwrap(), IngestOutcome::Pending);
+    assert_eq!(c.pending_len(), 1);
+    assert_eq!(c.ingest(&early_rec).unwrap(), IngestOutcome::Accepted);
+    assert_eq!(c.pending_len(), 0);
+    assert!(c.dag().contains(&rev));
+    assert!(c.revocations().node_revoked(&b.node_id()));
+}
+
+#[test]
+fn admitted_nodes_may_author_only_below_their_admission() {
+    let r = roots(&[1]);
+    let mut a = ledger(1, &r);
+    let newcomer = keys(5);
+    let mut n = Ledger::open(keys(5), Arc::clone(&r), MemStorage::default()).unwrap().0;
+    // Before admission, the newcomer's record is from an unknown author.
+    let premature =
+        Record::sign(newcomer.signing_key(), newcomer.node_id(), NOW, &[], Body::NodeRevoked { node: other() });
+    assert_eq!(a.ingest(&premature.bytes).unwrap(), IngestOutcome::UnknownAuthor);
+    let adm = a.author(Body::NodeAdmitted { key: newcomer.signing_public() }, NOW).unwrap();
+    // Still refused: its ancestors do not include the admission.
+    assert_eq!(a.ingest(&premature.bytes).unwrap(), IngestOutcome::UnknownAuthor);
+    assert!(a.is_trusted(&newcomer.node_id()));
+    // The newcomer learns of its admission, then its records are accepted everywhere.
+    assert_eq!(n.ingest(&a.dag().get(&adm).unwrap().bytes).unwrap(), IngestOutcome::Accepted);
+    let id = n.author(Body::NodeRevoked { node: other() }, NOW).unwrap();
+    assert_eq!(a.ingest(&n.dag().get(&id).unwrap().bytes).unwrap(), IngestOutcome::Accepted);
+    assert!(a.revocations().node_revoked(&other()));
+}
+
+#[test]
+fn sync_sends_exactly_the_difference_parents_first() {
+    let r = roots(&[1, 2]);
+    let mut a = ledger(1, &r);
+    let mut b = ledger(2, &r);
+    for i in 0..300 {
+        let id = a.author(Body::GrantRevoked { issuer: other(), first: i, last: i }, NOW).unwrap();
+        assert_eq!(b.ingest(&a.dag().get(&id).unwrap().bytes).unwrap(), IngestOutcome::Accepted);
+    }
+    for i in 0..5 {
+        a.author(Body::GrantRevoked { issuer: other(), first: 1000 + i, last: 1000 + i }, NOW).unwrap();
+    }
+    let b_heads: Vec<_> = b.heads().heads.to_vec();
+    let lack = a.records_lacking(&b_heads, 12);
+    assert_eq!(lack.records.len(), 5);
+    assert!(!lack.more);
+    let small = a.records_lacking(&b_heads, 2);
+    assert_eq!(small.records.len(), 2);
+    assert!(small.more);
+    // Parents first: ingesting in the given order never leaves anything pending.
+    for rec in &lack.records {
+        assert_eq!(b.ingest(rec).unwrap(), IngestOutcome::Accepted);
+    }
+    assert_eq!(a.heads(), b.heads());
+    assert!(a.records_lacking(&b.heads().heads, 12).records.is_empty());
+    // Unknown peer heads are ignored: everything is lacking from an empty peer's view.
+    let fresh = a.records_lacking(&[ByteArray([7; 32])], 12);
+    assert_eq!(fresh.records.len(), 12);
+    assert!(fresh.more);
+}
+
+#[test]
+fn pending_buffer_is_bounded_and_drops_the_oldest() {
+    let r = roots(&[1]);
+    let mut a = ledger(1, &r);
+    let k = keys(1);
+    for i in 0..(ppn_ledger::ledger::MAX_PENDING as u64 + 10) {
+        let mut parent = [0u8; 32];
+        parent[..8].copy_from_slice(&i.to_le_bytes());
+        let rec =
+            Record::sign(k.signing_key(), k.node_id(), NOW, &[ByteArray(parent)], Body::NodeRevoked { node: other() });
+        assert_eq!(a.ingest(&rec.bytes).unwrap(), IngestOutcome::Pending);
+    }
+    assert_eq!(a.pending_len(), ppn_ledger::ledger::MAX_PENDING);
+    assert_eq!(a.summary().pending_dropped, 10);
+}
+
+#[test]
+fn reopen_replays_everything_and_never_reuses_a_sequence() {
+    let r = roots(&[1]);
+    let mut l = ledger(1, &r);
+    let (t, seq) = grant(&mut l, other());
+    l.author(Body::GrantRevoked { issuer: l.node_id(), first: seq, last: seq }, NOW).unwrap();
+    let heads = l.heads();
+    let storage = l.journal_storage().clone();
+    let (l2, report) = Ledger::open(keys(1), Arc::clone(&r), storage).unwrap();
+    assert_eq!(report.records, 1);
+    assert_eq!((report.rejected, report.truncated_bytes), (0, 0));
+    assert_eq!(l2.heads(), heads);
+    assert_eq!(l2.verify(&t, NOW), Verdict::GrantRevoked);
+    let mut l2 = l2;
+    let (_, seq2) = grant(&mut l2, other());
+    assert!(seq2 > seq, "sequence {seq2} reused after reopen (was {seq})");
+}
+
+/// Acknowledged = the call returned. A crash leaves any prefix of the journal; every record
+/// whose call returned before the cut point survives it, and nothing else appears.
+#[test]
+fn truncation_at_every_byte_keeps_every_acknowledged_record() {
+    let r = roots(&[1]);
+    let mut l = ledger(1, &r);
+    let mut acked = Vec::new(); // (journal length after the call, record id)
+    for i in 0..6u64 {
+        let id = l.author(Body::GrantRevoked { issuer: other(), first: i * 10, last: i * 10 + 3 }, NOW).unwrap();
+        acked.push((l.journal_storage().bytes.len(), id));
+    }
+    let full = l.journal_storage().bytes.clone();
+    for cut in 0..=full.len() {
+        let storage = MemStorage { bytes: full[..cut].to_vec() };
+        let (l2, report) = Ledger::open(keys(1), Arc::clone(&r), storage).unwrap();
+        let survived: Vec<_> = acked.iter().filter(|(len, _)| *len <= cut).map(|(_, id)| *id).collect();
+        assert_eq!(l2.dag().len(), survived.len(), "cut at {cut}");
+        for id in &survived {
+            assert!(l2.dag().contains(id), "cut at {cut} lost an acknowledged record");
+        }
+        assert_eq!(report.rejected, 0);
+        let kept = l2.journal_storage().bytes.len();
+        assert_eq!(report.truncated_bytes as usize, cut - kept);
+    }
+}
