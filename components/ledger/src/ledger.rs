@@ -204,9 +204,37 @@ impl<S: Storage> Ledger<S> {
         self.roots.get(author).copied().or_else(|| self.admitted.get(author).map(|a| a.key))
     }
 
-    /// True when `node` is in the root set or admitted by a record, and not revoked.
+    /// True when `node` is not revoked and is a root or holds a valid admission.
+    ///
+    /// An admission is valid when its author is a root or validly admitted itself, and is not
+    /// void: an admission whose author has been revoked is void unless it precedes (is an
+    /// ancestor of) one of that author's revocations. So a revoked node that keeps signing with
+    /// old parents cannot bring in new nodes. This is a function of the set of accepted
+    /// records alone, so every replica with the same records agrees.
     pub fn is_trusted(&self, node: &NodeId) -> bool {
-        self.author_key(node).is_some() && !self.revocations.node_revoked(node)
+        if self.revocations.node_revoked(node) {
+            return false;
+        }
+        self.roots.get(node).is_some()
+            || self.admitted.get(node).is_some_and(|a| a.records.iter().any(|n| self.admission_valid(n, 0)))
+    }
+
+    fn admission_valid(&self, admission: &RecordId, depth: usize) -> bool {
+        // Admission chains follow the DAG's ancestry, so they are acyclic; the bound is a guard.
+        let Some(r) = self.dag.get(admission) else { return false };
+        if depth > 64 {
+            return false;
+        }
+        if let Some(revs) = self.revoked_by.get(&r.author)
+            && !revs.iter().any(|v| self.dag.reaches_any(core::slice::from_ref(v), core::slice::from_ref(admission)))
+        {
+            return false;
+        }
+        self.roots.get(&r.author).is_some()
+            || self
+                .admitted
+                .get(&r.author)
+                .is_some_and(|a| a.records.iter().any(|m| self.admission_valid(m, depth + 1)))
     }
 
     /// The acceptance checks of a record whose parents are all present. Each depends only on

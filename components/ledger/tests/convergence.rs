@@ -81,12 +81,16 @@ fn sync_all(ls: &mut [Ledger<MemStorage>]) {
     }
 }
 
-fn fingerprint(l: &Ledger<MemStorage>) -> (Vec<ByteArray<32>>, usize, Vec<NodeId>, usize) {
+type Fingerprint = (Vec<ByteArray<32>>, usize, Vec<NodeId>, usize, Vec<bool>);
+
+/// Heads, record count, revoked nodes, revoked ranges, and who is trusted.
+fn fingerprint(l: &Ledger<MemStorage>) -> Fingerprint {
     (
         l.dag().heads().copied().collect(),
         l.dag().len(),
         l.revocations().revoked_nodes().copied().collect(),
         l.revocations().grant_range_count(),
+        (0..REPLICAS).chain(10..15).map(|i| l.is_trusted(&keys(i).node_id())).collect(),
     )
 }
 

@@ -239,3 +239,41 @@ fn truncation_at_every_byte_keeps_every_acknowledged_record() {
         assert_eq!(report.truncated_bytes as usize, cut - kept);
     }
 }
+
+#[test]
+fn a_revoked_node_cannot_admit_new_nodes_by_signing_with_old_parents() {
+    let r = roots(&[1, 2]);
+    let mut a = ledger(1, &r);
+    let mut b = ledger(2, &r);
+    // Before its revocation, B admits K1: that admission stays valid.
+    let k1 = keys(11);
+    let adm1 = b.author(Body::NodeAdmitted { key: k1.signing_public() }, NOW).unwrap();
+    let adm1_bytes = b.dag().get(&adm1).unwrap().bytes.clone();
+    assert_eq!(a.ingest(&adm1_bytes).unwrap(), IngestOutcome::Accepted);
+    let rev = a.author(Body::NodeRevoked { node: b.node_id() }, NOW).unwrap();
+    // B, not having seen its revocation, admits K2 naming old parents: concurrent with it.
+    let k2 = keys(12);
+    let adm2 = b.author(Body::NodeAdmitted { key: k2.signing_public() }, NOW).unwrap();
+    let adm2_bytes = b.dag().get(&adm2).unwrap().bytes.clone();
+    assert_eq!(a.ingest(&adm2_bytes).unwrap(), IngestOutcome::Accepted, "concurrent records are accepted");
+    assert!(a.is_trusted(&k1.node_id()), "an admission made before the revocation stays valid");
+    assert!(!a.is_trusted(&k2.node_id()), "an admission concurrent with the author's revocation is void");
+    assert!(!a.is_trusted(&b.node_id()));
+    // K2's own admissions are void in turn, however they are ordered.
+    let mut k2l = Ledger::open(keys(12), Arc::clone(&r), MemStorage::default()).unwrap().0;
+    assert_eq!(k2l.ingest(&adm1_bytes).unwrap(), IngestOutcome::Accepted);
+    assert_eq!(k2l.ingest(&adm2_bytes).unwrap(), IngestOutcome::Accepted);
+    let adm3 = k2l.author(Body::NodeAdmitted { key: keys(13).signing_public() }, NOW).unwrap();
+    assert_eq!(a.ingest(&k2l.dag().get(&adm3).unwrap().bytes).unwrap(), IngestOutcome::Accepted);
+    assert!(!a.is_trusted(&keys(13).node_id()));
+    // The replica that learns of the revocation last agrees.
+    let mut c = ledger(1, &r);
+    for id in [adm1, adm2, adm3, rev] {
+        let bytes = a.dag().get(&id).unwrap().bytes.clone();
+        c.ingest(&bytes).unwrap();
+    }
+    assert_eq!(c.pending_len(), 0);
+    for n in [&k1, &k2, &keys(13)] {
+        assert_eq!(c.is_trusted(&n.node_id()), a.is_trusted(&n.node_id()));
+    }
+}
