@@ -178,6 +178,8 @@ fn request_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Request>> {
         Kind::LedgerRecordsLacking => (digests(f), u16s(f))
             .prop_map(|(peer_heads, limit)| R::Ledger(Le::RecordsLacking(RecordsLacking { peer_heads, limit })))
             .boxed(),
+        Kind::LedgerSummary => Just(R::Ledger(Le::Summary)).boxed(),
+        Kind::LedgerRoots => Just(R::Ledger(Le::Roots)).boxed(),
         Kind::LenderPoolStatus => Just(R::Lender(Ln::PoolStatus)).boxed(),
         Kind::LenderReserve => (node_id(), u32s(f), u64s(f))
             .prop_map(|(borrower, blocks, expires_unix_s)| {
@@ -276,6 +278,42 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
         Kind::LedgerRecordsLacking => (hvec(record(f), f), any::<bool>())
             .prop_map(|(records, more)| R::Ledger(Le::RecordsLacking(Records { records, more })))
             .boxed(),
+        // Arbitrary values: the wire layer does not check that the counts agree with each other or
+        // that `revoked_nodes` is ascending; the ledger that fills them in does.
+        Kind::LedgerSummary => {
+            (u64s(f), u32s(f), u32s(f), u64s(f), u32s(f), u32s(f), u32s(f), hvec(node_id(), f), u32s(f), u64s(f))
+                .prop_map(
+                    |(
+                        record_count,
+                        heads,
+                        pending,
+                        pending_dropped,
+                        root_count,
+                        admitted_count,
+                        revoked_node_count,
+                        revoked_nodes,
+                        revoked_grant_ranges,
+                        next_sequence,
+                    )| {
+                        R::Ledger(Le::Summary(LedgerSummary {
+                            record_count,
+                            heads,
+                            pending,
+                            pending_dropped,
+                            root_count,
+                            admitted_count,
+                            revoked_node_count,
+                            revoked_nodes,
+                            revoked_grant_ranges,
+                            next_sequence,
+                        }))
+                    },
+                )
+                .boxed()
+        }
+        Kind::LedgerRoots => {
+            hvec(byte_array::<32>(), f).prop_map(|keys| R::Ledger(Le::Roots(RootSet { keys }))).boxed()
+        }
         Kind::LenderPoolStatus => (u32s(f), u32s(f), u32s(f), u32s(f), u32s(f), u32s(f))
             .prop_map(|(block_bytes, total, free, reserved, lent, in_use)| {
                 R::Lender(Ln::PoolStatus(Pool { block_bytes, total, free, reserved, lent, in_use }))
@@ -378,6 +416,10 @@ const MAX_BODY: &[(Kind, Option<usize>, usize)] = &[
     (Kind::LedgerIngestRecords, Some(1 + RECORDS_PER_FRAME * (2 + RECORD_MAX)), 1 + RECORDS_PER_FRAME),
     (Kind::LedgerHeads, Some(0), 1 + HEADS_MAX * 32 + 10),
     (Kind::LedgerRecordsLacking, Some(1 + HEADS_MAX * 32 + 3), 1 + RECORDS_PER_FRAME * (2 + RECORD_MAX) + 1),
+    // record_count, heads, pending, pending_dropped, root_count, admitted_count,
+    // revoked_node_count, revoked_nodes, revoked_grant_ranges, next_sequence.
+    (Kind::LedgerSummary, Some(0), 10 + 5 + 5 + 10 + 5 + 5 + 5 + (1 + REVOKED_NODES_MAX * 8) + 5 + 10),
+    (Kind::LedgerRoots, Some(0), 1 + ROOTS_MAX * 32),
     (Kind::LenderPoolStatus, Some(0), 6 * 5),
     (Kind::LenderReserve, Some(8 + 5 + 10), 10 + 5),
     (Kind::LenderCommitLease, Some(10), 10 + 1 + TOKEN_MAX),
@@ -676,6 +718,27 @@ fn strict_tags_utf8_and_capacities() {
     variant.push(3);
     variant.extend_from_slice(&[0u8; 8]);
     assert_eq!(decode_request(&variant), Err(Error::MalformedBody(k)));
+
+    // A root set of ROOTS_MAX + 1 keys; the same bytes with ROOTS_MAX keys decode.
+    let k = Kind::LedgerRoots.to_u16();
+    let mut roots = raw_header(FLAG_RESPONSE, k, 1, 1 + 32 * (ROOTS_MAX as u32 + 1));
+    roots.push(ROOTS_MAX as u8 + 1);
+    roots.extend_from_slice(&[0x33; 32 * (ROOTS_MAX + 1)]);
+    assert_eq!(decode_response(&roots), Err(Error::MalformedBody(k)));
+    roots[HEADER_LEN] = ROOTS_MAX as u8;
+    roots.truncate(roots.len() - 32);
+    set_body_len(&mut roots, 1 + 32 * ROOTS_MAX as u32);
+    let keys = [ByteArray([0x33; 32]); ROOTS_MAX].into_iter().collect();
+    assert_eq!(decode_response(&roots), Ok((1, Response::Ledger(LedgerResponse::Roots(RootSet { keys })))));
+
+    // A summary listing REVOKED_NODES_MAX + 1 revoked nodes.
+    let k = Kind::LedgerSummary.to_u16();
+    let mut summary = raw_header(FLAG_RESPONSE, k, 1, 7 + 1 + 8 * (REVOKED_NODES_MAX as u32 + 1) + 2);
+    summary.extend_from_slice(&[0; 7]);
+    summary.push(REVOKED_NODES_MAX as u8 + 1);
+    summary.extend_from_slice(&[0x44; 8 * (REVOKED_NODES_MAX + 1)]);
+    summary.extend_from_slice(&[0; 2]);
+    assert_eq!(decode_response(&summary), Err(Error::MalformedBody(k)));
 }
 
 /// Any frame of at most `MAX_FRAME_LEN` bytes, whatever its zeros, fits `MAX_ENCODED_LEN` on a
@@ -727,6 +790,8 @@ fn wire_numbers_and_golden_frames_are_pinned() {
             (0x0204, "LedgerIngestRecords"),
             (0x0205, "LedgerHeads"),
             (0x0206, "LedgerRecordsLacking"),
+            (0x0207, "LedgerSummary"),
+            (0x0208, "LedgerRoots"),
             (0x0301, "LenderPoolStatus"),
             (0x0302, "LenderReserve"),
             (0x0303, "LenderCommitLease"),
@@ -818,6 +883,47 @@ fn wire_numbers_and_golden_frames_are_pinned() {
         }))),
         4,
         &[b'P', b'P', b'N', b'W', 1, 1, 0x06, 0x02, 4, 0, 0, 0, 6, 0, 0, 0, 0x01, 0x03, 1, 2, 3, 0x01],
+    );
+    golden(
+        Msg::Req(Request::Ledger(LedgerRequest::Summary)),
+        5,
+        &[b'P', b'P', b'N', b'W', 1, 0, 0x07, 0x02, 5, 0, 0, 0, 0, 0, 0, 0],
+    );
+    golden(
+        Msg::Resp(Response::Ledger(LedgerResponse::Summary(LedgerSummary {
+            record_count: 300,
+            heads: 1,
+            pending: 0,
+            pending_dropped: 0,
+            root_count: 2,
+            admitted_count: 1,
+            revoked_node_count: 1,
+            revoked_nodes: [issuer].into_iter().collect(),
+            revoked_grant_ranges: 0,
+            next_sequence: 1024,
+        }))),
+        6,
+        &[
+            b'P', b'P', b'N', b'W', 1, 1, 0x07, 0x02, 6, 0, 0, 0, 20, 0, 0, 0, // header
+            0xAC, 0x02, 0x01, 0x00, 0x00, 0x02, 0x01, 0x01, // 300 records, 1 head, 0, 0, 2 roots, 1, 1
+            0x01, 1, 2, 3, 4, 5, 6, 7, 8, // one revoked node
+            0x00, 0x80, 0x08, // no grant ranges, next sequence 1024
+        ],
+    );
+    golden(
+        Msg::Req(Request::Ledger(LedgerRequest::Roots)),
+        7,
+        &[b'P', b'P', b'N', b'W', 1, 0, 0x08, 0x02, 7, 0, 0, 0, 0, 0, 0, 0],
+    );
+    let mut roots = vec![b'P', b'P', b'N', b'W', 1, 1, 0x08, 0x02, 8, 0, 0, 0, 65, 0, 0, 0, 0x02];
+    roots.extend([0x11; 32]);
+    roots.extend([0x22; 32]);
+    golden(
+        Msg::Resp(Response::Ledger(LedgerResponse::Roots(RootSet {
+            keys: [ByteArray([0x11; 32]), ByteArray([0x22; 32])].into_iter().collect(),
+        }))),
+        8,
+        &roots,
     );
 }
 
