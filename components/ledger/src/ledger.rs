@@ -158,8 +158,16 @@ impl<S: Storage> Ledger<S> {
         let mut report = OpenReport { truncated_bytes: recovery.truncated_bytes, ..OpenReport::default() };
         for (kind, payload) in entries {
             match kind {
-                entry::RECORD => match Record::decode(&payload).map(|r| ledger.accept(r, false)) {
-                    Ok(Ok(())) => report.records += 1,
+                entry::RECORD => match Record::decode(&payload) {
+                    // The log's checksum is not a MAC: whoever can write the file can reorder or
+                    // repeat entries. A duplicate or an entry before its parents is skipped, so
+                    // the DAG invariants hold whatever the file says.
+                    Ok(r) if !ledger.dag.contains(&r.id) && ledger.dag.parents_present(&r) => {
+                        match ledger.accept(r, false) {
+                            Ok(()) => report.records += 1,
+                            Err(_) => report.rejected += 1,
+                        }
+                    }
                     _ => report.rejected += 1,
                 },
                 entry::SEQUENCE_RESERVED if payload.len() == 8 => {
@@ -376,6 +384,11 @@ impl<S: Storage> Ledger<S> {
 
     /// Authors, signs and accepts a record naming the current heads as parents.
     pub fn author(&mut self, body: Body, now_unix_s: u64) -> Result<RecordId, Refusal> {
+        // With more than MAX_PARENTS heads the parents may not include this node's own
+        // revocation; refuse on what this node knows, not only on what the record names.
+        if self.revocations.node_revoked(&self.node_id) {
+            return Err(refuse(ErrorCode::Rejected, "this node has been revoked"));
+        }
         let mut heads: Vec<RecordId> = self.dag.heads().copied().collect();
         if heads.len() > MAX_PARENTS {
             heads.sort_by_key(|h| core::cmp::Reverse((self.dag.height(h), *h)));

@@ -277,3 +277,54 @@ fn a_revoked_node_cannot_admit_new_nodes_by_signing_with_old_parents() {
         assert_eq!(c.is_trusted(&n.node_id()), a.is_trusted(&n.node_id()));
     }
 }
+
+#[test]
+fn a_tampered_journal_cannot_break_the_dag_on_reopen() {
+    let r = roots(&[1]);
+    let mut l = ledger(1, &r);
+    let a = l.author(Body::NodeRevoked { node: other() }, NOW).unwrap();
+    let b = l.author(Body::GrantRevoked { issuer: other(), first: 1, last: 2 }, NOW).unwrap();
+    let entry = |id| {
+        let mut out = vec![0u8; 1024];
+        let bytes = l.dag().get(&id).unwrap().bytes.clone();
+        let n = ppn_journal::encode_record(ppn_ledger::ledger::entry::RECORD, &bytes, &mut out).unwrap();
+        out.truncate(n);
+        out
+    };
+    // The child before its parent, then the parent twice.
+    let mut forged = entry(b);
+    forged.extend(entry(a));
+    forged.extend(entry(a));
+    let (l2, report) = Ledger::open(keys(1), Arc::clone(&r), MemStorage { bytes: forged }).unwrap();
+    assert_eq!(report.records, 1);
+    assert_eq!(report.rejected, 2);
+    assert_eq!(l2.dag().len(), 1);
+    assert_eq!(l2.dag().heads().copied().collect::<Vec<_>>(), vec![a]);
+}
+
+#[test]
+fn a_node_that_knows_it_is_revoked_authors_nothing_even_with_many_heads() {
+    let r = roots(&[1, 2]);
+    let mut a = ledger(1, &r);
+    let mut b = ledger(2, &r);
+    // 17 concurrent heads at A from B's side, then A's own revocation by B.
+    let base = b.author(Body::NodeRevoked { node: other() }, NOW).unwrap();
+    let base_bytes = b.dag().get(&base).unwrap().bytes.clone();
+    a.ingest(&base_bytes).unwrap();
+    let k = keys(2);
+    for i in 0..17u64 {
+        let rec = Record::sign(
+            k.signing_key(),
+            k.node_id(),
+            NOW + i,
+            &[base],
+            Body::GrantRevoked { issuer: other(), first: i, last: i },
+        );
+        assert_eq!(a.ingest(&rec.bytes).unwrap(), IngestOutcome::Accepted);
+    }
+    let rev = Record::sign(k.signing_key(), k.node_id(), NOW, &[base], Body::NodeRevoked { node: a.node_id() });
+    assert_eq!(a.ingest(&rev.bytes).unwrap(), IngestOutcome::Accepted);
+    assert!(a.dag().head_count() > ppn_ledger::record::MAX_PARENTS);
+    let refusal = a.author(Body::NodeRevoked { node: b.node_id() }, NOW).unwrap_err();
+    assert_eq!(refusal.detail, "this node has been revoked");
+}

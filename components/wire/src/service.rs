@@ -275,7 +275,8 @@ u8_enum! {
         BadSignature = 5,
         UnknownAuthor = 6,
         RevokedAuthor = 7,
-        /// Parents missing and the pending buffer is full: dropped; send it again later.
+        /// Reserved. The ledger drops the oldest held record when its buffer is full and answers
+        /// `Pending`; this value is kept so the number is never reused.
         PendingFull = 8,
     }
 }
