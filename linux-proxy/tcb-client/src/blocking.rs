@@ -1,7 +1,9 @@
 //! A blocking client: one request at a time, for command-line tools and tests. It can also send
 //! raw bytes, which the conformance suite uses to feed a TCB garbage.
 
+use crate::calls::{self, TypedCall};
 use crate::{ClientError, check_response, encode_request_stream};
+use ppn_wire::service::*;
 use ppn_wire::stream::Deframer;
 use ppn_wire::{Request, Response};
 use std::io::{Read, Write};
@@ -42,6 +44,70 @@ impl Client {
                 return check_response(request, response);
             }
         }
+    }
+
+    /// Sends a typed call and reads its answer.
+    pub fn run<T>(&mut self, call: TypedCall<T>) -> Result<T, ClientError> {
+        let response = self.call(call.request())?;
+        call.finish(response)
+    }
+
+    pub fn identity(&mut self) -> Result<NodeIdentity, ClientError> {
+        self.run(calls::identity())
+    }
+
+    pub fn public_keys(&mut self) -> Result<NodePublicKeys, ClientError> {
+        self.run(calls::public_keys())
+    }
+
+    pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
+        self.run(calls::status())
+    }
+
+    /// See [`calls::issue_grant`].
+    pub fn issue_grant(
+        &mut self,
+        grantee: NodeId,
+        resource_type: ResourceType,
+        resource_id: u64,
+        expires_unix_s: u64,
+    ) -> Result<Grant, ClientError> {
+        self.run(calls::issue_grant(grantee, resource_type, resource_id, expires_unix_s))
+    }
+
+    /// See [`calls::verify_token`].
+    pub fn verify_token(&mut self, token: &[u8]) -> Result<Verdict, ClientError> {
+        self.run(calls::verify_token(token)?)
+    }
+
+    /// See [`calls::revoke`]. Returns the id of the record the TCB appended.
+    pub fn revoke(&mut self, target: RevokeTarget) -> Result<Digest, ClientError> {
+        self.run(calls::revoke(target))
+    }
+
+    /// See [`calls::ingest_records`]. Returns one outcome per record.
+    pub fn ingest_records<R: AsRef<[u8]>>(&mut self, records: &[R]) -> Result<Vec<IngestOutcome>, ClientError> {
+        self.run(calls::ingest_records(records)?)
+    }
+
+    /// See [`calls::heads`].
+    pub fn heads(&mut self) -> Result<Heads, ClientError> {
+        self.run(calls::heads())
+    }
+
+    /// See [`calls::records_lacking`].
+    pub fn records_lacking(&mut self, peer_heads: &[Digest], limit: u16) -> Result<Records, ClientError> {
+        self.run(calls::records_lacking(peer_heads, limit)?)
+    }
+
+    /// See [`calls::ledger_summary`].
+    pub fn ledger_summary(&mut self) -> Result<LedgerSummary, ClientError> {
+        self.run(calls::ledger_summary())
+    }
+
+    /// See [`calls::ledger_roots`].
+    pub fn ledger_roots(&mut self) -> Result<Vec<PublicKey>, ClientError> {
+        self.run(calls::ledger_roots())
     }
 
     /// Writes raw bytes to the TCB.

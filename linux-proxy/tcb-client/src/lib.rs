@@ -9,8 +9,8 @@
 //! checks: a response only means what the TCB said, authenticated end to end where it matters
 //! (signed records, tagged tokens), not by this transport.
 
-use ppn_wire::message::NodeResponse;
-use ppn_wire::service::{NodeIdentity, NodePublicKeys, NodeStatus};
+use calls::TypedCall;
+use ppn_wire::service::*;
 use ppn_wire::stream::{self, Deframer, MAX_ENCODED_LEN};
 use ppn_wire::{ErrorCode, Kind, MAX_FRAME_LEN, Request, Response};
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
 pub mod blocking;
+pub mod calls;
 
 /// How long a call waits for its response by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +44,8 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("the TCB closed the connection")]
     Closed,
+    #[error("{len} {what} do not fit in one frame (at most {max})")]
+    TooLarge { what: &'static str, len: usize, max: usize },
 }
 
 /// Encodes a request as COBS stream bytes.
@@ -165,27 +168,67 @@ impl TcbClient {
         }
     }
 
+    /// Sends a typed call and reads its answer.
+    pub async fn run<T>(&self, call: TypedCall<T>) -> Result<T, ClientError> {
+        let response = self.call(call.request()).await?;
+        call.finish(response)
+    }
+
     pub async fn identity(&self) -> Result<NodeIdentity, ClientError> {
-        let req = Request::Node(ppn_wire::message::NodeRequest::Identity);
-        match self.call(&req).await? {
-            Response::Node(NodeResponse::Identity(i)) => Ok(i),
-            r => Err(ClientError::UnexpectedResponse { expected: req.kind(), got: r.kind() }),
-        }
+        self.run(calls::identity()).await
     }
 
     pub async fn public_keys(&self) -> Result<NodePublicKeys, ClientError> {
-        let req = Request::Node(ppn_wire::message::NodeRequest::PublicKeys);
-        match self.call(&req).await? {
-            Response::Node(NodeResponse::PublicKeys(k)) => Ok(k),
-            r => Err(ClientError::UnexpectedResponse { expected: req.kind(), got: r.kind() }),
-        }
+        self.run(calls::public_keys()).await
     }
 
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
-        let req = Request::Node(ppn_wire::message::NodeRequest::Status);
-        match self.call(&req).await? {
-            Response::Node(NodeResponse::Status(s)) => Ok(s),
-            r => Err(ClientError::UnexpectedResponse { expected: req.kind(), got: r.kind() }),
-        }
+        self.run(calls::status()).await
+    }
+
+    /// See [`calls::issue_grant`].
+    pub async fn issue_grant(
+        &self,
+        grantee: NodeId,
+        resource_type: ResourceType,
+        resource_id: u64,
+        expires_unix_s: u64,
+    ) -> Result<Grant, ClientError> {
+        self.run(calls::issue_grant(grantee, resource_type, resource_id, expires_unix_s)).await
+    }
+
+    /// See [`calls::verify_token`].
+    pub async fn verify_token(&self, token: &[u8]) -> Result<Verdict, ClientError> {
+        self.run(calls::verify_token(token)?).await
+    }
+
+    /// See [`calls::revoke`]. Returns the id of the record the TCB appended.
+    pub async fn revoke(&self, target: RevokeTarget) -> Result<Digest, ClientError> {
+        self.run(calls::revoke(target)).await
+    }
+
+    /// See [`calls::ingest_records`]. Returns one outcome per record.
+    pub async fn ingest_records<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Vec<IngestOutcome>, ClientError> {
+        self.run(calls::ingest_records(records)?).await
+    }
+
+    /// See [`calls::heads`].
+    pub async fn heads(&self) -> Result<Heads, ClientError> {
+        self.run(calls::heads()).await
+    }
+
+    /// See [`calls::records_lacking`].
+    pub async fn records_lacking(&self, peer_heads: &[Digest], limit: u16) -> Result<Records, ClientError> {
+        self.run(calls::records_lacking(peer_heads, limit)?).await
+    }
+
+    /// See [`calls::ledger_summary`].
+    pub async fn ledger_summary(&self) -> Result<LedgerSummary, ClientError> {
+        self.run(calls::ledger_summary()).await
+    }
+
+    /// See [`calls::ledger_roots`].
+    pub async fn ledger_roots(&self) -> Result<Vec<PublicKey>, ClientError> {
+        self.run(calls::ledger_roots()).await
     }
 }

@@ -1,6 +1,7 @@
 //! A real `ppn-tcb` process for tests: its own state directory and socket, killed on drop.
 
 use crate::{spawn_logged, wait_for_socket};
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -39,15 +40,24 @@ pub struct HostedTcb {
     pub socket: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Arguments after `--state` and `--socket`, on every start.
+    extra_args: Vec<OsString>,
 }
 
 impl HostedTcb {
     /// Starts `ppn-tcb` on a fresh state directory.
     pub fn start() -> Self {
+        Self::start_with::<&str>(&[])
+    }
+
+    /// Starts `ppn-tcb` on a fresh state directory with `extra_args` after `--state` and
+    /// `--socket` (for example `["--roots", path]`), on this start and every restart.
+    pub fn start_with<A: AsRef<OsStr>>(extra_args: &[A]) -> Self {
         let dir = tempfile::Builder::new().prefix("ppn-tcb-test-").tempdir().expect("temp dir");
         let state = dir.path().join("state");
         let socket = dir.path().join("tcb.sock");
-        let mut t = Self { bin: locate_bin("ppn-tcb"), dir, state, socket, child: None, starts: 0 };
+        let extra_args = extra_args.iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut t = Self { bin: locate_bin("ppn-tcb"), dir, state, socket, child: None, starts: 0, extra_args };
         t.spawn();
         t
     }
@@ -55,8 +65,9 @@ impl HostedTcb {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = self.log_path();
-        let args =
-            [std::ffi::OsStr::new("--state"), self.state.as_os_str(), "--socket".as_ref(), self.socket.as_os_str()];
+        let mut args =
+            vec![OsStr::new("--state"), self.state.as_os_str(), "--socket".as_ref(), self.socket.as_os_str()];
+        args.extend(self.extra_args.iter().map(OsString::as_os_str));
         let mut child = spawn_logged(&self.bin, &args, &log).expect("spawn ppn-tcb");
         if let Err(e) = wait_for_socket(&self.socket, &mut child, Duration::from_secs(20)) {
             let _ = child.kill();
@@ -99,6 +110,12 @@ impl HostedTcb {
     pub fn restart(&mut self) {
         self.kill_hard();
         self.spawn();
+    }
+
+    /// Like [`HostedTcb::restart`], with new extra arguments (kept for later restarts).
+    pub fn restart_with<A: AsRef<OsStr>>(&mut self, extra_args: &[A]) {
+        self.extra_args = extra_args.iter().map(|a| a.as_ref().to_owned()).collect();
+        self.restart();
     }
 }
 

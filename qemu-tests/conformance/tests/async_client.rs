@@ -4,7 +4,7 @@
 use ppn_conformance::HostedTcb;
 use ppn_tcb_client::{ClientError, TcbClient};
 use ppn_wire::ErrorCode;
-use ppn_wire::message::{LedgerRequest, NodeRequest};
+use ppn_wire::message::{LenderRequest, NodeRequest};
 use ppn_wire::{Request, Response};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +39,19 @@ async fn concurrent_calls_on_one_connection_each_get_their_own_answer() {
 async fn an_error_frame_becomes_a_typed_error() {
     let tcb = HostedTcb::start();
     let client = TcbClient::connect(&tcb.socket).await.unwrap();
-    match client.call(&Request::Ledger(LedgerRequest::Heads)).await {
+    match client.call(&Request::Lender(LenderRequest::PoolStatus)).await {
         Err(ClientError::Tcb { code: ErrorCode::NotImplemented, detail }) => {
-            assert!(detail.contains("ledger"), "{detail}")
+            assert!(detail.contains("lender"), "{detail}")
         }
         other => panic!("expected NotImplemented, got {other:?}"),
+    }
+    // A ledger refusal carries the ledger's own detail.
+    let grantee = ppn_conformance::ledger::fresh_node_id();
+    match client.issue_grant(grantee, ppn_wire::service::ResourceType::Vm, 1, 1).await {
+        Err(ClientError::Tcb { code: ErrorCode::Rejected, detail }) => {
+            assert_eq!(detail, "the grant would already be expired")
+        }
+        other => panic!("expected Rejected, got {other:?}"),
     }
     // The connection is still good.
     assert!(matches!(client.call(&Request::Node(NodeRequest::Status)).await, Ok(Response::Node(_))));

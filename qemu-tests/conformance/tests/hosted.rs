@@ -113,5 +113,6 @@ fn state_directory_and_socket_are_private() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&tcb.state), 0o700);
     assert_eq!(mode(&tcb.state.join("node.journal")), 0o600);
+    assert_eq!(mode(&tcb.state.join("ledger.journal")), 0o600);
     assert_eq!(mode(&tcb.socket), 0o600);
 }

@@ -1,7 +1,8 @@
-//! `ppn-tcb --state DIR --socket PATH`: the hosted TCB.
+//! `ppn-tcb --state DIR --socket PATH [--roots FILE]`: the hosted TCB.
 
 use clap::Parser;
-use ppn_tcb::{server, tcb::Tcb};
+use ppn_ledger::Roots;
+use ppn_tcb::{roots, server, tcb::Tcb};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,11 @@ struct Args {
     /// Connections served at once; more are answered `Busy` and closed.
     #[arg(long, default_value_t = 32)]
     max_connections: usize,
+    /// The fleet root set besides this node itself: a file with one hex Ed25519 public key per
+    /// line (`#` starts a comment), as `ppn ledger roots` prints it. Records by other authors
+    /// are refused unless a root admitted them.
+    #[arg(long, value_name = "FILE")]
+    roots: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -28,7 +34,17 @@ fn main() -> ExitCode {
         eprintln!("ppn-tcb: cannot make the process non-dumpable: {e}");
         return ExitCode::from(2);
     }
-    let (tcb, report) = match Tcb::open(&args.state) {
+    let extra_roots = match &args.roots {
+        Some(path) => match roots::load(path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("ppn-tcb: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Roots::default(),
+    };
+    let (tcb, report) = match Tcb::open(&args.state, &extra_roots) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("ppn-tcb: {e}");
@@ -41,7 +57,22 @@ fn main() -> ExitCode {
             report.journal.truncated_bytes, report.journal.records
         );
     }
+    let ledger = &report.ledger;
+    if ledger.rejected > 0 {
+        eprintln!(
+            "ppn-tcb: ledger journal: {} entries no longer pass the ledger's checks and were skipped \
+             ({} records replayed); was --roots changed?",
+            ledger.rejected, ledger.records
+        );
+    }
+    if ledger.truncated_bytes > 0 {
+        eprintln!(
+            "ppn-tcb: ledger journal had a torn tail of {} bytes after {} records; it was saved aside and cut",
+            ledger.truncated_bytes, ledger.records
+        );
+    }
     let node_id = tcb.node().node_id();
+    let (records, root_count) = (tcb.ledger().dag().len(), tcb.ledger().roots().len());
     let listener = match server::bind(&args.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -55,7 +86,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     eprintln!(
-        "ppn-tcb: node {node_id} boot {} ({}), serving on {}",
+        "ppn-tcb: node {node_id} boot {} ({}), ledger of {records} records and {root_count} roots, serving on {}",
         report.boot_count,
         if report.created_identity { "new identity" } else { "identity loaded" },
         args.socket.display()

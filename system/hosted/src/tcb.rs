@@ -2,17 +2,21 @@
 
 use crate::storage::FileStorage;
 use ppn_journal::{Journal, MAX_RECORD, Recovery};
+use ppn_ledger::{Ledger, Roots};
 use ppn_node_core::{NodeCore, NodeKeys, NodeRecord, Replay, Runtime, StateError};
 use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
 use ppn_wire::{ErrorCode, Header, Request, Response};
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 /// Name of the node journal in the state directory.
 pub const NODE_JOURNAL: &str = "node.journal";
+/// Name of the ledger journal in the state directory.
+pub const LEDGER_JOURNAL: &str = "ledger.journal";
 const LOCK_FILE: &str = "lock";
 
 /// Why the TCB could not open its state.
@@ -24,6 +28,8 @@ pub enum OpenError {
     Locked(String),
     #[error("node journal: {0}")]
     Journal(String),
+    #[error("ledger journal: {0}")]
+    Ledger(String),
     #[error("node journal is inconsistent: {0}")]
     State(#[from] StateError),
     #[error("no entropy for the identity seed: {0}")]
@@ -33,7 +39,7 @@ pub enum OpenError {
 /// Services and whether this build answers them.
 pub const SERVICES: [ServiceStatus; 4] = [
     ServiceStatus { service: 0x01, state: ServiceState::Ready },
-    ServiceStatus { service: 0x02, state: ServiceState::NotImplemented },
+    ServiceStatus { service: 0x02, state: ServiceState::Ready },
     ServiceStatus { service: 0x03, state: ServiceState::NotImplemented },
     ServiceStatus { service: 0x04, state: ServiceState::NotImplemented },
 ];
@@ -43,13 +49,18 @@ pub const SERVICES: [ServiceStatus; 4] = [
 pub struct OpenReport {
     pub created_identity: bool,
     pub boot_count: u32,
+    /// Recovery of the node journal.
     pub journal: Recovery,
+    /// What replaying the ledger journal found.
+    pub ledger: ppn_ledger::OpenReport,
 }
 
 /// The hosted TCB.
 #[derive(Debug)]
 pub struct Tcb {
     node: NodeCore,
+    /// The ledger owns the node's secret keys; the node core holds only public parts.
+    ledger: Ledger<FileStorage>,
     _journal: Journal<FileStorage>,
     _lock: File,
     started: Instant,
@@ -63,8 +74,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
 
 impl Tcb {
     /// Opens (or creates, mode 0700) the state directory, takes its lock, replays the node
-    /// journal, creates the node identity on first start, and records this boot.
-    pub fn open(state_dir: &Path) -> Result<(Self, OpenReport), OpenError> {
+    /// journal, creates the node identity on first start, opens the ledger (replaying and
+    /// re-checking its journal), and records this boot.
+    ///
+    /// The ledger's fleet root set is this node's own signing key plus `extra_roots` (the keys of
+    /// `--roots FILE`).
+    pub fn open(state_dir: &Path, extra_roots: &Roots) -> Result<(Self, OpenReport), OpenError> {
         if !state_dir.exists() {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io_err(state_dir))?;
         }
@@ -99,19 +114,36 @@ impl Tcb {
                 seed
             }
         };
+        let keys = NodeKeys::from_seed(&seed);
+        drop(seed);
+        let mut roots = extra_roots.clone();
+        if !roots.add(&keys.signing_public()) {
+            // Cannot happen: the key was derived from a signing key.
+            return Err(OpenError::Ledger("this node's own signing key is not a valid Ed25519 key".into()));
+        }
         let boot_count = recovered.boot_count.saturating_add(1);
+        let node = NodeCore::new(&keys, Platform::Hosted, env!("CARGO_PKG_VERSION"), boot_count);
+
+        // The ledger opens before the boot is recorded: a ledger that cannot open is no boot.
+        let ledger_path = state_dir.join(LEDGER_JOURNAL);
+        let ledger_storage = FileStorage::open(&ledger_path).map_err(io_err(&ledger_path))?;
+        let (ledger, ledger_report) =
+            Ledger::open(keys, Arc::new(roots), ledger_storage).map_err(|e| OpenError::Ledger(e.to_string()))?;
+
         append(&mut journal, &NodeRecord::Boot { count: boot_count })?;
         payload.fill(0);
 
-        let keys = NodeKeys::from_seed(&seed);
-        let node = NodeCore::new(&keys, Platform::Hosted, env!("CARGO_PKG_VERSION"), boot_count);
-        let report = OpenReport { created_identity, boot_count, journal: recovery };
-        let tcb = Self { node, _journal: journal, _lock: lock, started: Instant::now(), served: 0, failed: 0 };
+        let report = OpenReport { created_identity, boot_count, journal: recovery, ledger: ledger_report };
+        let tcb = Self { node, ledger, _journal: journal, _lock: lock, started: Instant::now(), served: 0, failed: 0 };
         Ok((tcb, report))
     }
 
     pub fn node(&self) -> &NodeCore {
         &self.node
+    }
+
+    pub fn ledger(&self) -> &Ledger<FileStorage> {
+        &self.ledger
     }
 
     /// Answers one request. Every service that has not landed answers `NotImplemented`.
@@ -126,7 +158,11 @@ impl Tcb {
                 };
                 Response::Node(self.node.handle(r, &rt))
             }
-            Request::Ledger(_) | Request::Lender(_) | Request::Attest(_) => {
+            Request::Ledger(r) => match self.ledger.handle(r, now_unix_s()) {
+                Ok(answer) => Response::Ledger(answer),
+                Err(refusal) => Response::error(refusal.code, refusal.detail),
+            },
+            Request::Lender(_) | Request::Attest(_) => {
                 let service = request.service();
                 let detail = format!("the {} service has not landed in this TCB build", service.name());
                 Response::error(ErrorCode::NotImplemented, &detail)
@@ -159,6 +195,12 @@ impl Tcb {
         self.failed += 1;
         encode_or_internal(0, &Response::error(ErrorCode::BadFrame, &error.to_string()), out)
     }
+}
+
+/// The TCB's own clock, in seconds since the Unix epoch (0 if the clock is before it). Token
+/// expiry is decided by this clock, never by the proxy's.
+fn now_unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn encode_or_internal(request_id: u32, response: &Response, out: &mut [u8]) -> usize {

@@ -1,9 +1,12 @@
-//! `ppn`: the operator CLI of PPN Fabric.
+//! `ppn`: the operator CLI of PPN Fabric. One module per noun: `tcb`, `grant`, `ledger`.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use ppn_tcb_client::{ClientError, TcbClient};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod grant;
+mod ledger;
 mod tcb;
 
 /// Operate a PPN Fabric node and fleet.
@@ -19,21 +22,53 @@ enum Command {
     /// Talk to a node's trusted computing base.
     Tcb {
         #[command(subcommand)]
-        command: TcbCommand,
+        command: tcb::Command,
+    },
+    /// Issue, verify and revoke capability grants (the TCB signs and tags them).
+    Grant {
+        #[command(subcommand)]
+        command: grant::Command,
+    },
+    /// Inspect the node's capability ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: ledger::Command,
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum TcbCommand {
-    /// Show the TCB's identity, uptime, counters and services.
-    Status {
-        /// The TCB's Unix socket (a `ppn-tcb`, or an seL4 image's link).
-        #[arg(long, env = "PPN_TCB_SOCKET")]
-        socket: PathBuf,
-        /// Print JSON for scripts instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+/// Where the TCB is, and how to print: every command takes these.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// The TCB's Unix socket (a `ppn-tcb`, or an seL4 image's link).
+    #[arg(long, env = "PPN_TCB_SOCKET")]
+    pub socket: PathBuf,
+    /// Print JSON for scripts instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Conn {
+    /// Connects to the TCB; errors name the socket.
+    pub async fn connect(&self) -> Result<TcbClient, String> {
+        TcbClient::connect(&self.socket).await.map_err(self.context())
+    }
+
+    /// Turns a client error into the message the operator sees: the socket, then what the TCB
+    /// (or the connection) said.
+    pub fn context(&self) -> impl Fn(ClientError) -> String + '_ {
+        move |e| at(&self.socket, e)
+    }
+}
+
+/// `TCB at SOCKET: ERROR`.
+pub fn at(socket: &Path, e: ClientError) -> String {
+    format!("TCB at {}: {e}", socket.display())
+}
+
+/// Prints `value` as pretty JSON.
+pub fn print_json(value: &serde_json::Value) -> Result<(), String> {
+    println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -47,11 +82,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Tcb { command: TcbCommand::Status { socket, json } } => tcb::status(&socket, json).await,
+            Command::Tcb { command } => tcb::run(command).await,
+            Command::Grant { command } => grant::run(command).await,
+            Command::Ledger { command } => ledger::run(command).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ppn: {e}");
             ExitCode::FAILURE

@@ -1,22 +1,37 @@
 //! `ppn tcb ...`
 
-use ppn_tcb_client::{ClientError, TcbClient};
+use crate::{Conn, print_json};
 use ppn_wire::service::{NodePublicKeys, NodeStatus, Platform, ServiceState};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Show the TCB's identity, uptime, counters and services.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Status { conn } => status(&conn).await.map(|()| ExitCode::SUCCESS),
+    }
+}
 
 /// `ppn tcb status`: human text, or JSON with `--json`.
-pub async fn status(socket: &Path, json: bool) -> Result<(), String> {
-    let context = |e: ClientError| format!("TCB at {}: {e}", socket.display());
-    let client = TcbClient::connect(socket).await.map_err(context)?;
-    let status = client.status().await.map_err(context)?;
-    let keys = client.public_keys().await.map_err(context)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&status, &keys)).map_err(|e| e.to_string())?);
+async fn status(conn: &Conn) -> Result<(), String> {
+    let client = conn.connect().await?;
+    let status = client.status().await.map_err(conn.context())?;
+    let keys = client.public_keys().await.map_err(conn.context())?;
+    if conn.json {
+        print_json(&status_json(&status, &keys))
     } else {
-        print!("{}", status_text(socket, &status, &keys));
+        print!("{}", status_text(&conn.socket, &status, &keys));
+        Ok(())
     }
-    Ok(())
 }
 
 fn platform_name(p: Platform) -> String {

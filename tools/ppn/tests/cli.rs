@@ -19,7 +19,8 @@ fn tcb_status_human_and_json_agree_with_the_tcb() {
     assert_eq!(v["platform"], "hosted");
     assert_eq!(v["boot_count"], 1);
     assert_eq!(v["services"]["node"], "ready");
-    assert_eq!(v["services"]["ledger"], "not implemented");
+    assert_eq!(v["services"]["ledger"], "ready");
+    assert_eq!(v["services"]["lender"], "not implemented");
     assert_eq!(v["signing_key"].as_str().map(str::len), Some(64));
     assert!(v["uptime_ms"].as_u64().is_some());
     // The first status call of this process was answered before the keys call was counted.
@@ -31,7 +32,7 @@ fn tcb_status_human_and_json_agree_with_the_tcb() {
     assert!(out.contains(&format!("node id      {node_id}")), "{out}");
     assert!(out.contains("platform     hosted"), "{out}");
     assert!(out.contains("requests     2 served, 0 failed"), "{out}");
-    assert!(out.contains("node ready, ledger not implemented"), "{out}");
+    assert!(out.contains("node ready, ledger ready, lender not implemented"), "{out}");
 }
 
 #[test]

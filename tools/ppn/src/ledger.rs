@@ -1,0 +1,132 @@
+//! `ppn ledger show|roots`: what the node's capability ledger holds.
+
+use crate::{Conn, print_json};
+use ppn_wire::service::{Heads, LedgerSummary};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Record count, heads, pending records, roots, revoked nodes and grants, next sequence.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// The fleet root set, one hex Ed25519 public key per line: the format `ppn-tcb --roots`
+    /// reads, so `ppn ledger roots > roots.txt` exports it.
+    Roots {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Show { conn } => show(&conn).await,
+        Command::Roots { conn } => roots(&conn).await,
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+async fn show(conn: &Conn) -> Result<(), String> {
+    let client = conn.connect().await?;
+    let summary = client.ledger_summary().await.map_err(conn.context())?;
+    let heads = client.heads().await.map_err(conn.context())?;
+    if conn.json {
+        print_json(&show_json(&summary, &heads))
+    } else {
+        print!("{}", show_text(&conn.socket, &summary, &heads));
+        Ok(())
+    }
+}
+
+fn show_json(s: &LedgerSummary, h: &Heads) -> serde_json::Value {
+    serde_json::json!({
+        "record_count": s.record_count,
+        "head_count": s.heads,
+        "heads": h.heads.iter().map(|d| format!("{d:x}")).collect::<Vec<_>>(),
+        "pending": s.pending,
+        "pending_dropped": s.pending_dropped,
+        "root_count": s.root_count,
+        "admitted_count": s.admitted_count,
+        "revoked_node_count": s.revoked_node_count,
+        "revoked_nodes": s.revoked_nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "revoked_grant_ranges": s.revoked_grant_ranges,
+        "next_sequence": s.next_sequence,
+    })
+}
+
+fn show_text(socket: &Path, s: &LedgerSummary, h: &Heads) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "ledger at {}", socket.display());
+    let _ = writeln!(out, "  records        {}", s.record_count);
+    let _ = writeln!(out, "  heads          {}", s.heads);
+    for head in &h.heads {
+        let _ = writeln!(out, "                 {head:x}");
+    }
+    if (h.heads.len() as u32) < s.heads {
+        let _ = writeln!(out, "                 ... {} more", s.heads - h.heads.len() as u32);
+    }
+    let _ = writeln!(out, "  pending        {} ({} dropped since start)", s.pending, s.pending_dropped);
+    let _ = writeln!(out, "  roots          {}", s.root_count);
+    let _ = writeln!(out, "  admitted       {}", s.admitted_count);
+    let _ = writeln!(out, "  revoked nodes  {}", s.revoked_node_count);
+    for node in &s.revoked_nodes {
+        let _ = writeln!(out, "                 {node}");
+    }
+    if (s.revoked_nodes.len() as u32) < s.revoked_node_count {
+        let _ = writeln!(out, "                 ... {} more", s.revoked_node_count - s.revoked_nodes.len() as u32);
+    }
+    let _ = writeln!(out, "  revoked grants {} disjoint sequence ranges", s.revoked_grant_ranges);
+    let _ = writeln!(out, "  next sequence  {}", s.next_sequence);
+    out
+}
+
+async fn roots(conn: &Conn) -> Result<(), String> {
+    let client = conn.connect().await?;
+    let keys = client.ledger_roots().await.map_err(conn.context())?;
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k:x}")).collect();
+    if conn.json {
+        print_json(&serde_json::json!({ "roots": keys }))
+    } else {
+        for k in keys {
+            println!("{k}");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ppn_wire::ByteArray;
+    use ppn_wire::service::NodeId;
+
+    #[test]
+    fn show_lists_heads_and_revoked_nodes_and_says_when_it_cut_them() {
+        let summary = LedgerSummary {
+            record_count: 70,
+            heads: 2,
+            pending: 1,
+            pending_dropped: 0,
+            root_count: 2,
+            admitted_count: 0,
+            revoked_node_count: 66,
+            revoked_nodes: (0..64u8).map(|i| NodeId(ByteArray([i; 8]))).collect(),
+            revoked_grant_ranges: 3,
+            next_sequence: 1024,
+        };
+        let heads = Heads { heads: [ByteArray([0xab; 32])].into_iter().collect(), record_count: 70 };
+        let text = show_text(Path::new("/s.sock"), &summary, &heads);
+        assert!(text.starts_with("ledger at /s.sock\n  records        70\n  heads          2\n"), "{text}");
+        assert!(text.contains(&format!("                 {}\n                 ... 1 more", "ab".repeat(32))), "{text}");
+        assert!(text.contains("revoked nodes  66\n                 0000000000000000\n"), "{text}");
+        assert!(text.contains("... 2 more\n  revoked grants 3 disjoint"), "{text}");
+        assert!(text.ends_with("next sequence  1024\n"), "{text}");
+        let json = show_json(&summary, &heads);
+        assert_eq!(json["revoked_nodes"].as_array().map(Vec::len), Some(64));
+        assert_eq!(json["heads"][0], "ab".repeat(32));
+        assert_eq!(json["next_sequence"], 1024);
+    }
+}
