@@ -5,7 +5,7 @@
 //! links with a latency (plus up to ±10% jitter) and an independent loss probability per
 //! message. Time is simulated (microseconds), randomness comes from one seeded [`Rng`]: one
 //! seed, one result. The CPU time a node spends on a record is not simulated (an Ed25519
-//! verification is ~50 µs, small next to a link).
+//! verification is ~60 µs, small next to a link).
 //!
 //! Protocol, per node:
 //! - **eager push**: when the node accepts a record it did not have (authored, pushed to it, or
