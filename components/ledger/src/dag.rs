@@ -61,6 +61,22 @@ impl Dag {
         record.parents.iter().all(|p| self.entries.contains_key(p))
     }
 
+    /// Up to `N` records that are not heads, exponentially spaced back from the newest in
+    /// acceptance order: the 2nd, 3rd, 5th, 9th, 17th, ... newest.
+    pub fn known_sample<const N: usize>(&self) -> heapless::Vec<RecordId, N> {
+        let mut out = heapless::Vec::new();
+        let n = self.order.len();
+        let mut back = 1usize;
+        while back < n && out.len() < N {
+            let id = self.order[n - 1 - back];
+            if !self.heads.contains(&id) {
+                let _ = out.push(id);
+            }
+            back *= 2;
+        }
+        out
+    }
+
     /// Adds a record whose parents are all present.
     pub fn insert(&mut self, record: Record) {
         debug_assert!(self.parents_present(&record));

@@ -473,7 +473,7 @@ impl<S: Storage> Ledger<S> {
             ids.sort_by_key(|h| core::cmp::Reverse((self.dag.height(h), *h)));
             ids.truncate(HEADS_MAX);
         }
-        Heads { heads: ids.into_iter().collect(), record_count: self.dag.len() as u64 }
+        Heads { heads: ids.into_iter().collect(), known: self.dag.known_sample(), record_count: self.dag.len() as u64 }
     }
 
     /// Records a peer with `peer_heads` lacks, parents first.

@@ -24,6 +24,7 @@ pub mod kind;
 pub mod message;
 pub mod service;
 pub mod stream;
+pub mod sync;
 
 mod error;
 

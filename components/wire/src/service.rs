@@ -17,6 +17,10 @@ pub const RECORD_MAX: usize = 1024;
 pub const RECORDS_PER_FRAME: usize = 12;
 /// Most heads in one frame.
 pub const HEADS_MAX: usize = 64;
+/// Most ids in the known sample of a [`Heads`] answer.
+pub const KNOWN_MAX: usize = 32;
+/// Most ids a [`RecordsLacking`] request names.
+pub const HAVE_MAX: usize = HEADS_MAX + KNOWN_MAX;
 /// Most revoked node ids listed in a ledger summary.
 pub const REVOKED_NODES_MAX: usize = 64;
 /// Most keys in a root set answer.
@@ -291,14 +295,34 @@ pub struct Ingested {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heads {
     pub heads: Vec<Digest, HEADS_MAX>,
+    /// Older records this replica holds, exponentially spaced back from the newest in
+    /// acceptance order (the 2nd, 3rd, 5th, 9th, ... newest), heads excluded. Sent along with
+    /// the heads so a peer that does not know the heads still finds the common history.
+    pub known: Vec<Digest, KNOWN_MAX>,
     pub record_count: u64,
 }
 
-/// Request body of [`crate::Kind::LedgerRecordsLacking`]: "given these heads of mine, send me
-/// what I lack", at most `limit` records per answer.
+impl Heads {
+    /// What to send as [`RecordsLacking::peer_heads`]: the heads, then `extra` (ids of records
+    /// this replica turned out to hold already, newest first), then the known sample; no
+    /// duplicates, at most [`HAVE_MAX`].
+    pub fn have(&self, extra: &[Digest]) -> Vec<Digest, HAVE_MAX> {
+        let mut out: Vec<Digest, HAVE_MAX> = Vec::new();
+        for id in self.heads.iter().chain(extra).chain(self.known.iter()) {
+            if !out.contains(id) && out.push(*id).is_err() {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// Request body of [`crate::Kind::LedgerRecordsLacking`]: "I hold these records (and their
+/// ancestors); send me what I lack", at most `limit` records per answer. Ids the answering
+/// replica does not know are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordsLacking {
-    pub peer_heads: Vec<Digest, HEADS_MAX>,
+    pub peer_heads: Vec<Digest, HAVE_MAX>,
     pub limit: u16,
 }
 

@@ -272,8 +272,8 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
         Kind::LedgerIngestRecords => {
             hvec(u8_enum(), f).prop_map(|outcomes| R::Ledger(Le::IngestRecords(Ingested { outcomes }))).boxed()
         }
-        Kind::LedgerHeads => (digests(f), u64s(f))
-            .prop_map(|(heads, record_count)| R::Ledger(Le::Heads(Heads { heads, record_count })))
+        Kind::LedgerHeads => (digests(f), digests(f), u64s(f))
+            .prop_map(|(heads, known, record_count)| R::Ledger(Le::Heads(Heads { heads, known, record_count })))
             .boxed(),
         Kind::LedgerRecordsLacking => (hvec(record(f), f), any::<bool>())
             .prop_map(|(records, more)| R::Ledger(Le::RecordsLacking(Records { records, more })))
@@ -414,8 +414,8 @@ const MAX_BODY: &[(Kind, Option<usize>, usize)] = &[
     (Kind::LedgerVerifyToken, Some(1 + TOKEN_MAX), 1),
     (Kind::LedgerRevoke, Some(1 + 8 + 10 + 10), 32),
     (Kind::LedgerIngestRecords, Some(1 + RECORDS_PER_FRAME * (2 + RECORD_MAX)), 1 + RECORDS_PER_FRAME),
-    (Kind::LedgerHeads, Some(0), 1 + HEADS_MAX * 32 + 10),
-    (Kind::LedgerRecordsLacking, Some(1 + HEADS_MAX * 32 + 3), 1 + RECORDS_PER_FRAME * (2 + RECORD_MAX) + 1),
+    (Kind::LedgerHeads, Some(0), 1 + HEADS_MAX * 32 + 1 + KNOWN_MAX * 32 + 10),
+    (Kind::LedgerRecordsLacking, Some(1 + HAVE_MAX * 32 + 3), 1 + RECORDS_PER_FRAME * (2 + RECORD_MAX) + 1),
     // record_count, heads, pending, pending_dropped, root_count, admitted_count,
     // revoked_node_count, revoked_nodes, revoked_grant_ranges, next_sequence.
     (Kind::LedgerSummary, Some(0), 10 + 5 + 5 + 10 + 5 + 5 + 5 + (1 + REVOKED_NODES_MAX * 8) + 5 + 10),

@@ -113,7 +113,7 @@ pub fn heads() -> TypedCall<Heads> {
 /// TCB caps it at [`RECORDS_PER_FRAME`]). `more` says to ask again with the new heads.
 pub fn records_lacking(peer_heads: &[Digest], limit: u16) -> Result<TypedCall<Records>, ClientError> {
     let peer_heads =
-        heapless::Vec::from_slice(peer_heads).map_err(|_| too_large("heads", peer_heads.len(), HEADS_MAX))?;
+        heapless::Vec::from_slice(peer_heads).map_err(|_| too_large("heads", peer_heads.len(), HAVE_MAX))?;
     Ok(ledger(LedgerRequest::RecordsLacking(RecordsLacking { peer_heads, limit }), |r| {
         if let Response::Ledger(L::RecordsLacking(x)) = r { Some(x) } else { None }
     }))

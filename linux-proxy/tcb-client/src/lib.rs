@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 pub mod blocking;
 pub mod calls;
+pub mod sync;
 
 /// How long a call waits for its response by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -2,8 +2,9 @@
 //! revocations across hard kills, two nodes syncing by the proxy's loop, the fleet root set.
 
 use ppn_conformance::HostedTcb;
-use ppn_conformance::ledger::{fresh_node_id, heads_of, now_unix_s};
+use ppn_conformance::ledger::{fresh_node_id, now_unix_s};
 use ppn_tcb_client::TcbClient;
+use ppn_tcb_client::sync::PullStats;
 use ppn_wire::service::{Digest, IngestOutcome, NodeId, PublicKey, ResourceType, RevokeTarget, Verdict};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,62 +13,10 @@ async fn client(t: &HostedTcb) -> TcbClient {
     TcbClient::connect(&t.socket).await.unwrap_or_else(|e| panic!("connect: {e}\n{}", t.log()))
 }
 
-/// What one [`pull`] did.
-#[derive(Debug, PartialEq, Eq)]
-struct Pull {
-    rounds: usize,
-    outcomes: Vec<IngestOutcome>,
-    /// Rounds that needed the ids of relayed records as well as `into`'s heads.
-    fallback_rounds: usize,
-}
-
-/// The proxy's sync loop: `into`'s heads go to `from`'s `records_lacking`, the answer goes to
-/// `into`'s ingest, again while `from` says there is more.
-///
-/// With a fallback the plain loop needs today: `from` ignores heads it does not know, so once
-/// `into` has a record `from` lacks (both authored concurrently), `from` answers as if `into`
-/// had nothing, and the lowest `limit` records come back every round, all `Duplicate`. When a
-/// round makes no progress, the loop adds the ids of the records it relayed that `into` holds
-/// (computed from their bytes): `into` has them and everything below them, and `from` knows them.
-async fn pull(into: &TcbClient, from: &TcbClient, limit: u16) -> Pull {
-    let mut p = Pull { rounds: 0, outcomes: Vec::new(), fallback_rounds: 0 };
-    let mut relayed: Vec<Vec<u8>> = Vec::new();
-    let mut use_relayed = false;
-    let mut last_haves = None;
-    loop {
-        let mut haves: Vec<Digest> = into.heads().await.expect("heads").heads.to_vec();
-        if use_relayed {
-            haves.extend(heads_of(relayed.iter().map(Vec::as_slice)));
-            haves.sort();
-            haves.dedup();
-            haves.truncate(ppn_wire::service::HEADS_MAX);
-        }
-        if last_haves.as_ref() == Some(&haves) {
-            return p; // asking again would get the same answer: `into` refuses what is left
-        }
-        p.rounds += 1;
-        p.fallback_rounds += usize::from(use_relayed);
-        assert!(p.rounds <= 100, "sync did not finish in 100 rounds: {p:?}");
-        let answer = from.records_lacking(&haves, limit).await.expect("records_lacking");
-        assert!(answer.records.len() <= usize::from(limit), "{} records for a limit of {limit}", answer.records.len());
-        last_haves = Some(haves);
-        let mut accepted = false;
-        if !answer.records.is_empty() {
-            let got = into.ingest_records(&answer.records).await.expect("ingest");
-            assert_eq!(got.len(), answer.records.len());
-            for (r, o) in answer.records.iter().zip(&got) {
-                if matches!(o, IngestOutcome::Accepted | IngestOutcome::Duplicate) {
-                    relayed.push(r.to_vec());
-                }
-                accepted |= *o == IngestOutcome::Accepted;
-            }
-            p.outcomes.extend(got);
-        }
-        if !answer.more {
-            return p;
-        }
-        use_relayed |= !accepted;
-    }
+async fn pull(into: &TcbClient, from: &TcbClient, limit: u16) -> PullStats {
+    let p = ppn_tcb_client::sync::pull_with(into, from, limit).await.expect("pull");
+    assert!(p.rounds <= 100, "sync did not finish in 100 rounds: {p:?}");
+    p
 }
 
 async fn heads_set(c: &TcbClient) -> BTreeSet<Digest> {
@@ -161,7 +110,7 @@ async fn two_nodes_sync_revocations_by_the_proxy_loop_and_refuse_a_stranger() {
     }
     let p = pull(&cb, &ca, 5).await;
     assert_eq!(p.outcomes, vec![IngestOutcome::Accepted; 15]);
-    assert_eq!((p.rounds, p.fallback_rounds), (3, 0), "15 records, 5 a round, by the plain loop");
+    assert_eq!(p.rounds, 3, "15 records, 5 a round");
     let (sa, sb) = (ca.ledger_summary().await.unwrap(), cb.ledger_summary().await.unwrap());
     assert_eq!(sb.record_count, 15);
     assert_eq!(sb.revoked_nodes.as_slice(), [x]);
@@ -169,23 +118,23 @@ async fn two_nodes_sync_revocations_by_the_proxy_loop_and_refuse_a_stranger() {
     assert_eq!((sb.record_count, sb.revoked_node_count), (sa.record_count, sa.revoked_node_count));
     assert_eq!(heads_set(&cb).await, heads_set(&ca).await);
     // In sync: nothing to send.
-    assert_eq!(pull(&cb, &ca, 5).await, Pull { rounds: 1, outcomes: vec![], fallback_rounds: 0 });
+    assert_eq!(pull(&cb, &ca, 5).await, PullStats { rounds: 1, outcomes: vec![] });
 
     // Tokens are checked only by their issuer: B cannot vouch for A's.
     let g = ca.issue_grant(fresh_node_id(), ResourceType::Vm, 3, now_unix_s() + 60).await.unwrap();
     assert_eq!(ca.verify_token(&g.token).await.unwrap(), Verdict::Valid);
     assert_eq!(cb.verify_token(&g.token).await.unwrap(), Verdict::BadTag);
 
-    // Both revoke at once; syncing both ways merges the two branches (here the plain loop
-    // stalls, see `pull`; the fallback walks up from the bottom, `limit` records a round).
+    // Both revoke at once; syncing both ways merges the two branches. Neither knows the other's
+    // head, so the known sample in `Heads` is what finds the common history: one round each.
     let (y, z) = (fresh_node_id(), fresh_node_id());
     ca.revoke(RevokeTarget::Node { node: y }).await.unwrap();
     cb.revoke(RevokeTarget::Node { node: z }).await.unwrap();
     let p = pull(&cb, &ca, 5).await;
-    assert_eq!(p.outcomes.iter().filter(|o| **o == IngestOutcome::Accepted).count(), 1, "{p:?}");
-    assert!(p.outcomes.iter().all(|o| matches!(o, IngestOutcome::Accepted | IngestOutcome::Duplicate)), "{p:?}");
+    assert_eq!(p.outcomes, [IngestOutcome::Accepted], "{p:?}");
+    assert_eq!(p.rounds, 1);
     let p = pull(&ca, &cb, 5).await;
-    assert_eq!(p.outcomes.iter().filter(|o| **o == IngestOutcome::Accepted).count(), 1, "{p:?}");
+    assert_eq!(p.outcomes, [IngestOutcome::Accepted], "{p:?}");
     let heads = heads_set(&ca).await;
     assert_eq!(heads.len(), 2, "two concurrent records are two heads");
     assert_eq!(heads_set(&cb).await, heads);

@@ -117,7 +117,8 @@ mod tests {
             revoked_grant_ranges: 3,
             next_sequence: 1024,
         };
-        let heads = Heads { heads: [ByteArray([0xab; 32])].into_iter().collect(), record_count: 70 };
+        let heads =
+            Heads { heads: [ByteArray([0xab; 32])].into_iter().collect(), known: Default::default(), record_count: 70 };
         let text = show_text(Path::new("/s.sock"), &summary, &heads);
         assert!(text.starts_with("ledger at /s.sock\n  records        70\n  heads          2\n"), "{text}");
         assert!(text.contains(&format!("                 {}\n                 ... 1 more", "ab".repeat(32))), "{text}");
