@@ -116,6 +116,11 @@ impl Dag {
     /// has; it stops when no unpainted record is left on the frontier, so the work is
     /// proportional to the difference plus the frontier, not to the ledger.
     pub fn lacking(&self, peer_heads: &[RecordId], limit: usize) -> (Vec<&Record>, bool) {
+        if !peer_heads.iter().any(|id| self.entries.contains_key(id)) {
+            // The peer holds nothing this replica knows: the oldest records, no walk.
+            let recs = self.order.iter().take(limit).map(|id| &self.entries[id].record).collect();
+            return (recs, self.order.len() > limit);
+        }
         const MINE: u8 = 1;
         const THEIRS: u8 = 2;
         let mut flags: BTreeMap<RecordId, u8> = BTreeMap::new();

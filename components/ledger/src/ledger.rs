@@ -4,7 +4,7 @@ extern crate alloc;
 use crate::dag::Dag;
 use crate::record::{Body, MAX_PARENTS, Record, RecordId};
 use crate::revocations::Revocations;
-use crate::token::{Claims, TokenBytes};
+use crate::token::{Claims, TokenBytes, TokenKey};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -116,6 +116,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct Ledger<S: Storage> {
     keys: NodeKeys,
+    token_key: TokenKey,
     node_id: NodeId,
     roots: Arc<Roots>,
     dag: Dag,
@@ -142,6 +143,7 @@ impl<S: Storage> Ledger<S> {
         let (journal, recovery) = Journal::open(storage, &mut scratch, |k, p| entries.push((k, p.to_vec())))?;
         let node_id = keys.node_id();
         let mut ledger = Ledger {
+            token_key: TokenKey::new(keys.grant_key()),
             keys,
             node_id,
             roots,
@@ -251,9 +253,9 @@ impl<S: Storage> Ledger<S> {
     /// - the signature checks under the author's key;
     /// - no revocation of the author is among its ancestors (records the author made before
     ///   its revocation stay valid).
-    fn check(&self, r: &Record) -> Result<(), IngestOutcome> {
+    fn check(&self, r: &Record, signed_here: bool) -> Result<(), IngestOutcome> {
         let key = self.author_key(&r.author).ok_or(IngestOutcome::UnknownAuthor)?;
-        if !r.signature_ok(&key) {
+        if !signed_here && !r.signature_ok(&key) {
             return Err(IngestOutcome::BadSignature);
         }
         if self.roots.get(&r.author).is_none() {
@@ -272,7 +274,13 @@ impl<S: Storage> Ledger<S> {
 
     /// Checks, persists (if `persist`), and applies one record whose parents are present.
     fn accept(&mut self, r: Record, persist: bool) -> Result<(), Reject> {
-        self.check(&r).map_err(Reject::Check)?;
+        self.accept_checked(r, persist, false)
+    }
+
+    /// [`Ledger::accept`]; `signed_here` skips the signature check of a record this TCB has just
+    /// signed with its own key (the other rules still apply).
+    fn accept_checked(&mut self, r: Record, persist: bool, signed_here: bool) -> Result<(), Reject> {
+        self.check(&r, signed_here).map_err(Reject::Check)?;
         if persist {
             // Durable before it counts: a crash after this line replays the record.
             let bytes = r.bytes.clone();
@@ -396,7 +404,7 @@ impl<S: Storage> Ledger<S> {
         }
         let r = Record::sign(self.keys.signing_key(), self.node_id, now_unix_s, &heads, body);
         let id = r.id;
-        match self.accept(r, true) {
+        match self.accept_checked(r, true, true) {
             Ok(()) => Ok(id),
             Err(Reject::Check(IngestOutcome::RevokedAuthor)) => {
                 Err(refuse(ErrorCode::Rejected, "this node has been revoked"))
@@ -439,7 +447,7 @@ impl<S: Storage> Ledger<S> {
             expires_unix_s: g.expires_unix_s,
             sequence,
         };
-        let t = TokenBytes::issue(self.keys.grant_key(), &claims);
+        let t = TokenBytes::issue(&self.token_key, &claims);
         let mut token = Token::new();
         token.extend_from_slice(t.as_bytes()).expect("a token fits TOKEN_MAX");
         Ok(Grant { token, sequence })
@@ -449,7 +457,7 @@ impl<S: Storage> Ledger<S> {
     /// `O(log n)` lookups, whatever the size of the ledger.
     pub fn verify(&self, token: &[u8], now_unix_s: u64) -> Verdict {
         let Ok(t) = TokenBytes::parse(token) else { return Verdict::Malformed };
-        if t.issuer != self.node_id.0.0 || !t.tag_ok(self.keys.grant_key()) {
+        if t.issuer != self.node_id.0.0 || !t.tag_ok(&self.token_key) {
             return Verdict::BadTag;
         }
         let c = t.claims();

@@ -1,10 +1,12 @@
-//! What has been revoked: nodes, and per issuer a set of disjoint sequence ranges.
+//! What has been revoked: nodes, single grants, and per issuer a set of disjoint sequence ranges.
 //!
-//! Lookups are `O(log n)` in the number of revoked nodes or disjoint ranges of one issuer; a
-//! token check does at most three of them, whatever the size of the ledger.
+//! A token check asks three questions (issuer revoked? grantee revoked? grant revoked?). Revoked
+//! nodes and single revoked grants are hash sets, one probe each; multi-grant ranges are a
+//! B-tree per issuer, consulted only for issuers that have any. None of it scans the ledger.
 
 extern crate alloc;
 use alloc::collections::{BTreeMap, BTreeSet};
+use hashbrown::HashSet;
 use ppn_wire::service::NodeId;
 
 /// Disjoint, non-adjacent inclusive ranges, keyed by their first element.
@@ -55,17 +57,28 @@ impl Ranges {
 /// Revoked nodes and grants.
 #[derive(Debug, Clone, Default)]
 pub struct Revocations {
-    nodes: BTreeSet<NodeId>,
-    grants: BTreeMap<NodeId, Ranges>,
+    /// For lookups.
+    nodes: HashSet<NodeId>,
+    /// The same nodes, in order, for listing.
+    listed: BTreeSet<NodeId>,
+    /// Grants revoked one by one: (issuer, sequence).
+    single: HashSet<(NodeId, u64)>,
+    /// Ranges of more than one grant, per issuer.
+    ranges: BTreeMap<NodeId, Ranges>,
 }
 
 impl Revocations {
     pub fn revoke_node(&mut self, node: NodeId) {
         self.nodes.insert(node);
+        self.listed.insert(node);
     }
 
     pub fn revoke_grants(&mut self, issuer: NodeId, first: u64, last: u64) {
-        self.grants.entry(issuer).or_default().insert(first, last);
+        if first == last {
+            self.single.insert((issuer, first));
+        } else {
+            self.ranges.entry(issuer).or_default().insert(first, last);
+        }
     }
 
     pub fn node_revoked(&self, node: &NodeId) -> bool {
@@ -73,20 +86,22 @@ impl Revocations {
     }
 
     pub fn grant_revoked(&self, issuer: &NodeId, sequence: u64) -> bool {
-        self.grants.get(issuer).is_some_and(|r| r.contains(sequence))
+        self.single.contains(&(*issuer, sequence)) || self.ranges.get(issuer).is_some_and(|r| r.contains(sequence))
     }
 
+    /// Revoked nodes, ascending.
     pub fn revoked_nodes(&self) -> impl Iterator<Item = &NodeId> {
-        self.nodes.iter()
+        self.listed.iter()
     }
 
     pub fn revoked_node_count(&self) -> usize {
         self.nodes.len()
     }
 
-    /// Disjoint revoked grant ranges, over all issuers.
+    /// Revocation entries for grants: single grants plus disjoint multi-grant ranges (a single
+    /// grant inside a range counts in both).
     pub fn grant_range_count(&self) -> usize {
-        self.grants.values().map(Ranges::len).sum()
+        self.single.len() + self.ranges.values().map(Ranges::len).sum::<usize>()
     }
 }
 
@@ -124,5 +139,28 @@ mod tests {
         r.insert(1, u64::MAX - 2);
         assert_eq!(r.len(), 1);
         assert!(r.contains(0) && r.contains(u64::MAX));
+    }
+
+    /// Grant revocations answer like a naive set of (issuer, sequence), whether they came as
+    /// singles or ranges.
+    #[test]
+    fn grants_match_a_naive_set() {
+        let a = NodeId(ppn_wire::ByteArray([1; 8]));
+        let b = NodeId(ppn_wire::ByteArray([2; 8]));
+        let mut r = Revocations::default();
+        r.revoke_grants(a, 5, 5);
+        r.revoke_grants(a, 10, 12);
+        r.revoke_grants(b, 11, 11);
+        let naive: BTreeSet<(NodeId, u64)> = [(a, 5), (a, 10), (a, 11), (a, 12), (b, 11)].into();
+        for issuer in [a, b] {
+            for seq in 0..20 {
+                assert_eq!(r.grant_revoked(&issuer, seq), naive.contains(&(issuer, seq)), "{issuer} {seq}");
+            }
+        }
+        assert_eq!(r.grant_range_count(), 3);
+        r.revoke_node(b);
+        r.revoke_node(a);
+        assert!(r.node_revoked(&a) && r.node_revoked(&b));
+        assert_eq!(r.revoked_nodes().copied().collect::<alloc::vec::Vec<_>>(), [a, b]);
     }
 }

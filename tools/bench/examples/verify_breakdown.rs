@@ -33,7 +33,7 @@ fn ns(iters: u32, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let seed = [3u8; 32];
-    let grant_key = *NodeKeys::from_seed(&seed).grant_key();
+    let grant_key = ppn_ledger::token::TokenKey::new(NodeKeys::from_seed(&seed).grant_key());
     let keys = NodeKeys::from_seed(&seed);
     let mut roots = Roots::default();
     roots.add(&keys.signing_public());

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(data[2], VERSION);
 
     let claims = token.claims();
-    let key = [0u8; 32];
+    let key = ppn_ledger::token::TokenKey::new(&[0u8; 32]);
     let tag_ok = token.tag_ok(&key);
 
     // The claims are the token's fields, losslessly: issuing them again gives the same signed
