@@ -6,8 +6,8 @@
 //!   [`ppn_ledger::Ledger`]s gossiping a node revocation over lossy links: how long until every
 //!   node refuses the revoked node, and how many messages it took.
 //!
-//! Both return JSON; [`cli`] parses the command line of the `ppn-bench` binary (and of
-//! `ppn bench`). `docs/benchmarks.md` explains the numbers.
+//! Both return JSON; `ppn bench tokens|revocation` runs them. `docs/benchmarks.md` explains the
+//! numbers.
 #![forbid(unsafe_code)]
 
 pub mod revocation;
@@ -15,75 +15,6 @@ pub mod tokens;
 
 pub use revocation::{RevocationOpts, RevocationReport, revocation, simulate};
 pub use tokens::{TokensOpts, tokens};
-
-/// Usage of [`cli`].
-pub const USAGE: &str = "\
-usage: ppn-bench tokens [--revocations N] [--batches N] [--iters N] [--biscuit-iters N]
-       ppn-bench revocation [--nodes N] [--link-ms MS] [--loss P] [--seed S]
-                            [--fanout F] [--period-ms MS] [--revocations R]";
-
-/// Runs the bench named by `args[0]` (`tokens` or `revocation`) with the options that follow.
-/// Unset options keep their defaults ([`TokensOpts::default`], [`RevocationOpts::default`]).
-pub fn cli(args: &[String]) -> Result<serde_json::Value, String> {
-    let Some((cmd, rest)) = args.split_first() else { return Err(USAGE.into()) };
-    let pairs = flag_pairs(rest)?;
-    match cmd.as_str() {
-        "tokens" => {
-            let mut o = TokensOpts::default();
-            for (flag, v) in pairs {
-                match flag {
-                    "--revocations" => o.revocations = parse(flag, v)?,
-                    "--batches" => o.batches = parse(flag, v)?,
-                    "--iters" => o.iters = parse(flag, v)?,
-                    "--biscuit-iters" => o.biscuit_iters = parse(flag, v)?,
-                    _ => return Err(format!("unknown option {flag} for tokens\n{USAGE}")),
-                }
-            }
-            if o.batches == 0 || o.iters == 0 || o.biscuit_iters == 0 {
-                return Err("--batches, --iters and --biscuit-iters must be at least 1".into());
-            }
-            Ok(tokens(&o))
-        }
-        "revocation" => {
-            let mut o = RevocationOpts::default();
-            for (flag, v) in pairs {
-                match flag {
-                    "--nodes" => o.nodes = parse(flag, v)?,
-                    "--link-ms" => o.link_ms = parse(flag, v)?,
-                    "--loss" => o.loss = parse(flag, v)?,
-                    "--seed" => o.seed = parse(flag, v)?,
-                    "--fanout" => o.fanout = parse(flag, v)?,
-                    "--period-ms" => o.period_ms = parse(flag, v)?,
-                    "--revocations" => o.revocations = parse(flag, v)?,
-                    _ => return Err(format!("unknown option {flag} for revocation\n{USAGE}")),
-                }
-            }
-            o.check()?;
-            Ok(revocation(&o))
-        }
-        "-h" | "--help" | "help" => Err(USAGE.into()),
-        other => Err(format!("unknown bench {other:?}\n{USAGE}")),
-    }
-}
-
-fn flag_pairs(rest: &[String]) -> Result<Vec<(&str, &str)>, String> {
-    let mut out = Vec::new();
-    let mut it = rest.iter();
-    while let Some(flag) = it.next() {
-        // Both `--flag value` and `--flag=value`.
-        if let Some((f, v)) = flag.split_once('=') {
-            out.push((f, v));
-            continue;
-        }
-        let Some(v) = it.next() else { return Err(format!("{flag} needs a value\n{USAGE}")) };
-        out.push((flag.as_str(), v.as_str()));
-    }
-    Ok(out)
-}
-
-fn parse<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{flag}: cannot parse {v:?}"))
-}
 
 /// A small, seeded PRNG (xoshiro256**, seeded by SplitMix64): the benches must not depend on
 /// an outside source of randomness, so that one seed always gives one result.
@@ -145,10 +76,6 @@ pub(crate) fn round(x: f64, places: i32) -> f64 {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
-
     #[test]
     fn rng_is_seeded_and_uniform_enough() {
         let a: Vec<u64> = (0..8)
@@ -170,25 +97,5 @@ mod tests {
             counts[r.below(10)] += 1;
         }
         assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
-    }
-
-    #[test]
-    fn cli_rejects_what_it_does_not_know() {
-        assert!(cli(&[]).is_err());
-        assert!(cli(&args("nope")).is_err());
-        assert!(cli(&args("revocation --nodes")).is_err());
-        assert!(cli(&args("revocation --nodes x")).is_err());
-        assert!(cli(&args("revocation --bogus 1")).is_err());
-        assert!(cli(&args("revocation --nodes 1")).is_err());
-        assert!(cli(&args("revocation --loss 1.0")).is_err());
-        assert!(cli(&args("tokens --iters 0")).is_err());
-    }
-
-    #[test]
-    fn cli_runs_a_small_revocation() {
-        let v = cli(&args("revocation --nodes 8 --link-ms=2 --loss 0 --seed 3 --revocations 2")).unwrap();
-        assert_eq!(v["nodes"], 8);
-        assert_eq!(v["revocations"], 2);
-        assert_eq!(v["link_ms"], 2.0);
     }
 }

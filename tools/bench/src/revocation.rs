@@ -11,11 +11,11 @@
 //! - **eager push**: when the node accepts a record it did not have (authored, pushed to it, or
 //!   pulled), it sends the record's bytes to `fanout` random peers (never itself nor the peer
 //!   it got the record from);
-//! - **anti-entropy**: every `period_ms` (each node at its own phase) it sends its heads to one
-//!   random peer, which answers with `records_lacking(heads, 12)`; the node ingests the answer
-//!   and asks again while the answer says `more` and taught it something (a peer that does not
-//!   know the requester's heads ignores them and answers with its oldest records, again and
-//!   again: see [`RevocationReport::stale_answers`]).
+//! - **anti-entropy**: every `period_ms` (each node at its own phase) it pulls from one random
+//!   peer with the same state machine the proxy uses, `ppn_wire::sync::Pull`: it sends its
+//!   heads, known sample and known duplicates, the peer answers `records_lacking(have, 12)`, the
+//!   node ingests the answer and asks again while the peer has more and the round made progress
+//!   (see `docs/ledger.md` §5).
 //!
 //! Scenario: every node ingests the same genesis record, then `revocations` times a random
 //! unrevoked node revokes another random unrevoked node (`author(Body::NodeRevoked)`); the clock
@@ -25,12 +25,14 @@
 
 use crate::{Rng, round};
 use ppn_journal::mem::MemStorage;
-use ppn_ledger::{Body, Ledger, RecordId, Roots};
+use ppn_ledger::{Body, Ledger, Roots};
 use ppn_node_core::NodeKeys;
-use ppn_wire::service::{IngestOutcome, NodeId, RECORDS_PER_FRAME};
+use ppn_wire::service::{Digest, IngestOutcome, NodeId, RECORDS_PER_FRAME, Records};
+use ppn_wire::sync::Pull;
 use serde_json::json;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -107,15 +109,15 @@ pub struct RevocationReport {
     pub simulated_us: u64,
     /// `ingest` calls that returned `Duplicate` (cheap: no signature check).
     pub duplicates: u64,
-    /// Anti-entropy answers that held records but none the requester lacked: the requester was
-    /// ahead of the peer, whose `records_lacking` ignores heads it does not know.
+    /// Anti-entropy answers that held records but none the requester accepted (all already
+    /// held): the price of a peer not knowing exactly what the requester has.
     pub stale_answers: u64,
 }
 
 enum Msg {
     Push { from: usize, record: Rc<[u8]> },
-    Heads { from: usize, heads: Vec<RecordId> },
-    Answer { from: usize, records: Vec<Vec<u8>>, more: bool },
+    Ask { from: usize, have: Vec<Digest> },
+    Answer { from: usize, answer: Box<Records> },
 }
 
 enum Kind {
@@ -166,6 +168,8 @@ struct Sim {
     target: Option<NodeId>,
     reached: Vec<Option<u64>>,
     remaining: usize,
+    /// Pulls under way: (requester, peer) -> state.
+    pulls: HashMap<(usize, usize), Pull>,
 }
 
 impl Sim {
@@ -211,7 +215,7 @@ impl Sim {
     }
 
     /// `node` takes in a record from `from`; pushes on whatever it newly accepted.
-    fn ingest(&mut self, node: usize, bytes: &[u8], from: usize) {
+    fn ingest(&mut self, node: usize, bytes: &[u8], from: usize) -> IngestOutcome {
         let before = self.ledgers[node].dag().len();
         let outcome = self.ledgers[node].ingest(bytes).expect("memory storage does not fail");
         if outcome == IngestOutcome::Duplicate {
@@ -219,7 +223,7 @@ impl Sim {
         }
         let after = self.ledgers[node].dag().len();
         if after == before {
-            return;
+            return outcome;
         }
         // The record, and any held record it released, in acceptance order.
         let fresh: Vec<Rc<[u8]>> =
@@ -228,6 +232,15 @@ impl Sim {
             self.push(node, r, Some(from));
         }
         self.note(node);
+        outcome
+    }
+
+    /// `node` asks `peer` for what it lacks, as the next round of their pull.
+    fn ask(&mut self, node: usize, peer: usize) {
+        let heads = self.ledgers[node].heads();
+        let pull = self.pulls.entry((node, peer)).or_default();
+        let have = pull.ask(&heads, RECORDS_PER_FRAME as u16).peer_heads.to_vec();
+        self.send(peer, Msg::Ask { from: node, have });
     }
 
     fn note(&mut self, node: usize) {
@@ -247,34 +260,32 @@ impl Sim {
         match ev.kind {
             Kind::Tick => {
                 let peer = self.random_peer(n);
-                let heads = self.ledgers[n].heads().heads.to_vec();
-                self.send(peer, Msg::Heads { from: n, heads });
+                // A new pull; one still under way with this peer (its answer lost) is dropped.
+                self.pulls.insert((n, peer), Pull::new());
+                self.ask(n, peer);
                 self.schedule(self.now + self.period_us, n, Kind::Tick);
             }
-            Kind::Deliver(Msg::Push { from, record }) => self.ingest(n, &record, from),
-            Kind::Deliver(Msg::Heads { from, heads }) => {
-                let answer = self.ledgers[n].records_lacking(&heads, RECORDS_PER_FRAME);
+            Kind::Deliver(Msg::Push { from, record }) => {
+                self.ingest(n, &record, from);
+            }
+            Kind::Deliver(Msg::Ask { from, have }) => {
+                let answer = self.ledgers[n].records_lacking(&have, RECORDS_PER_FRAME);
                 if !answer.records.is_empty() {
                     self.messages += 2;
                 }
-                let records = answer.records.iter().map(|r| r.to_vec()).collect();
-                self.send(from, Msg::Answer { from: n, records, more: answer.more });
+                self.send(from, Msg::Answer { from: n, answer: Box::new(answer) });
             }
-            Kind::Deliver(Msg::Answer { from, records, more }) => {
-                let before = self.ledgers[n].dag().len();
-                for r in &records {
-                    self.ingest(n, r, from);
-                }
-                let learnt = self.ledgers[n].dag().len() > before;
-                if !records.is_empty() && !learnt {
+            Kind::Deliver(Msg::Answer { from, answer }) => {
+                let outcomes: Vec<IngestOutcome> = answer.records.iter().map(|r| self.ingest(n, r, from)).collect();
+                if !answer.records.is_empty() && !outcomes.contains(&IngestOutcome::Accepted) {
                     self.stale_answers += 1;
                 }
-                // Ask again while there is more, but not when the answer taught nothing: the
-                // peer ignores heads it does not know, so a requester that is ahead of it is
-                // sent the peer's oldest records, and would be sent the same ones again.
-                if more && learnt {
-                    let heads = self.ledgers[n].heads().heads.to_vec();
-                    self.send(from, Msg::Heads { from: n, heads });
+                let id_of = |r: &[u8]| ppn_ledger::Record::decode(r).map(|r| r.id).unwrap_or_default();
+                let again = self.pulls.get_mut(&(n, from)).is_some_and(|p| p.answered(&answer, &outcomes, id_of));
+                if again {
+                    self.ask(n, from);
+                } else {
+                    self.pulls.remove(&(n, from));
                 }
             }
         }
@@ -340,6 +351,7 @@ pub fn simulate(o: &RevocationOpts) -> RevocationReport {
         target: None,
         reached: vec![None; n],
         remaining: 0,
+        pulls: HashMap::new(),
     };
     for node in 0..n {
         let phase = sim.rng.below(period_us as usize) as u64;

@@ -1,10 +1,11 @@
-//! `ppn`: the operator CLI of PPN Fabric. One module per noun: `tcb`, `grant`, `ledger`.
+//! `ppn`: the operator CLI of PPN Fabric. One module per noun: `tcb`, `grant`, `ledger`, `bench`.
 
 use clap::{Parser, Subcommand};
 use ppn_tcb_client::{ClientError, TcbClient};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod bench;
 mod grant;
 mod ledger;
 mod tcb;
@@ -33,6 +34,11 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: ledger::Command,
+    },
+    /// Benchmarks (JSON with --json; build with --release for meaningful numbers).
+    Bench {
+        #[command(subcommand)]
+        command: bench::Command,
     },
 }
 
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
             Command::Tcb { command } => tcb::run(command).await,
             Command::Grant { command } => grant::run(command).await,
             Command::Ledger { command } => ledger::run(command).await,
+            Command::Bench { command } => bench::run(command),
         }
     });
     match result {

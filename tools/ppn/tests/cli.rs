@@ -45,3 +45,63 @@ fn tcb_status_on_a_dead_socket_says_so_and_fails() {
     assert!(err.contains("nobody.sock") && err.contains("TCB connection"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn bench_revocation_prints_the_promised_json_and_is_deterministic() {
+    let args = [
+        "bench",
+        "revocation",
+        "--nodes",
+        "12",
+        "--link-ms",
+        "2",
+        "--loss",
+        "0.1",
+        "--seed",
+        "4",
+        "--revocations",
+        "3",
+        "--json",
+    ];
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_ppn")).args(args).output().expect("run ppn");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let v = run();
+    for key in ["nodes", "p50_ms", "p99_ms", "max_ms", "messages_per_node"] {
+        assert!(v.get(key).is_some(), "{key} missing from {v}");
+    }
+    assert_eq!(v["nodes"], 12);
+    assert!(v["max_ms"].as_f64().unwrap() >= v["p50_ms"].as_f64().unwrap());
+    assert_eq!(run(), v, "same seed, same result");
+    let bad = Command::new(env!("CARGO_BIN_EXE_ppn")).args(["bench", "revocation", "--nodes", "1"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--nodes"));
+}
+
+#[test]
+fn bench_tokens_reports_size_and_a_ratio() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ppn"))
+        .args([
+            "bench",
+            "tokens",
+            "--revocations",
+            "50",
+            "--batches",
+            "1",
+            "--iters",
+            "200",
+            "--biscuit-iters",
+            "5",
+            "--json",
+        ])
+        .output()
+        .expect("run ppn");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_bytes"], 60);
+    for key in ["issue_ns", "verify_ns", "biscuit_verify_ns", "ratio"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+}
