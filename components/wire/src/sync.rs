@@ -84,7 +84,13 @@ mod tests {
         let heads = Heads { heads: [id(1)].into_iter().collect(), known: Default::default(), record_count: 1 };
         let mut p = Pull::new();
         assert_eq!(&p.ask(&heads, 12).peer_heads[..], &[id(1)]);
-        let answer = Records { records: [[7u8].as_slice(), [8u8].as_slice()].iter().map(|b| heapless::Vec::from_slice(b).unwrap()).collect(), more: true };
+        let answer = Records {
+            records: [[7u8].as_slice(), [8u8].as_slice()]
+                .iter()
+                .map(|b| heapless::Vec::from_slice(b).unwrap())
+                .collect(),
+            more: true,
+        };
         let dup = [IngestOutcome::Duplicate, IngestOutcome::Duplicate];
         let id_of = |b: &[u8]| id(b[0]);
         assert!(p.answered(&answer, &dup, id_of));
