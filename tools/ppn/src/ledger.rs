@@ -1,4 +1,5 @@
-//! `ppn ledger show|roots`: what the node's capability ledger holds.
+//! `ppn ledger show|roots|sync`: what the node's capability ledger holds, and pulling records
+//! from another node's TCB.
 
 use crate::{Conn, print_json};
 use ppn_wire::service::{Heads, LedgerSummary};
@@ -19,14 +20,48 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Pull into this TCB every record of another TCB that it accepts (what the mesh's
+    /// anti-entropy does; here by hand, between two sockets on this machine).
+    Sync {
+        #[command(flatten)]
+        conn: Conn,
+        /// The TCB to pull from.
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
 }
 
 pub async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Show { conn } => show(&conn).await,
         Command::Roots { conn } => roots(&conn).await,
+        Command::Sync { conn, from } => sync(&conn, &from).await,
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+async fn sync(conn: &Conn, from: &Path) -> Result<(), String> {
+    let into = conn.connect().await?;
+    let source = ppn_tcb_client::TcbClient::connect(from).await.map_err(|e| crate::at(from, e))?;
+    let p = ppn_tcb_client::sync::pull(&into, &source).await.map_err(conn.context())?;
+    let count = |o: ppn_wire::service::IngestOutcome| p.outcomes.iter().filter(|x| **x == o).count();
+    use ppn_wire::service::IngestOutcome as O;
+    let (accepted, duplicate) = (count(O::Accepted), count(O::Duplicate));
+    let refused = p.outcomes.len() - accepted - duplicate;
+    if conn.json {
+        print_json(&serde_json::json!({
+            "rounds": p.rounds, "relayed": p.outcomes.len(), "accepted": accepted,
+            "duplicate": duplicate, "refused_or_pending": refused,
+        }))
+    } else {
+        println!(
+            "pulled from {} into {}: {accepted} accepted, {duplicate} already held, {refused} refused or pending, in {} rounds",
+            from.display(),
+            conn.socket.display(),
+            p.rounds
+        );
+        Ok(())
+    }
 }
 
 async fn show(conn: &Conn) -> Result<(), String> {

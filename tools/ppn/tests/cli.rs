@@ -105,3 +105,58 @@ fn bench_tokens_reports_size_and_a_ratio() {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
     }
 }
+
+#[test]
+fn ledger_sync_pulls_a_revocation_into_a_node_that_trusts_the_author() {
+    let mut a = HostedTcb::start();
+    let mut b = HostedTcb::start();
+    let key = |t: &HostedTcb| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ppn"))
+            .args(["ledger", "roots", "--socket"])
+            .arg(&t.socket)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let roots = a.dir.path().join("roots.txt");
+    std::fs::write(&roots, format!("{}{}", key(&a), key(&b))).unwrap();
+    a.restart_with(&["--roots".as_ref(), roots.as_os_str()]);
+    b.restart_with(&["--roots".as_ref(), roots.as_os_str()]);
+    let ppn = |args: &[&std::ffi::OsStr]| Command::new(env!("CARGO_BIN_EXE_ppn")).args(args).output().unwrap();
+    let revoke = ppn(&[
+        "grant".as_ref(),
+        "revoke".as_ref(),
+        "--socket".as_ref(),
+        a.socket.as_os_str(),
+        "--node".as_ref(),
+        "00000000deadbeef".as_ref(),
+    ]);
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    let sync = ppn(&[
+        "ledger".as_ref(),
+        "sync".as_ref(),
+        "--socket".as_ref(),
+        b.socket.as_os_str(),
+        "--from".as_ref(),
+        a.socket.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&sync.stdout).unwrap();
+    assert_eq!((v["accepted"].as_u64(), v["refused_or_pending"].as_u64()), (Some(1), Some(0)), "{v}");
+    let show = ppn(&["ledger".as_ref(), "show".as_ref(), "--socket".as_ref(), b.socket.as_os_str(), "--json".as_ref()]);
+    let s: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(s["revoked_nodes"], serde_json::json!(["00000000deadbeef"]));
+    // Again: nothing left to pull.
+    let again = ppn(&[
+        "ledger".as_ref(),
+        "sync".as_ref(),
+        "--socket".as_ref(),
+        b.socket.as_os_str(),
+        "--from".as_ref(),
+        a.socket.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["relayed"], 0, "{v}");
+}
