@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod bench;
 mod grant;
 mod ledger;
+mod sdf;
 mod tcb;
 
 /// Operate a PPN Fabric node and fleet.
@@ -39,6 +40,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::Command,
+    },
+    /// Check the node image's Microkit system description against its layout.
+    Sdf {
+        #[command(subcommand)]
+        command: sdf::Command,
     },
 }
 
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
             Command::Grant { command } => grant::run(command).await,
             Command::Ledger { command } => ledger::run(command).await,
             Command::Bench { command } => bench::run(command),
+            Command::Sdf { command } => sdf::run(command),
         }
     });
     match result {
