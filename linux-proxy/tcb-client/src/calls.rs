@@ -147,7 +147,7 @@ mod tests {
         assert!(matches!(ingest_records(&many), Err(ClientError::TooLarge { what: "records", .. })));
         let big = [vec![0u8; RECORD_MAX + 1]];
         assert!(matches!(ingest_records(&big), Err(ClientError::TooLarge { what: "record bytes", len: 1025, .. })));
-        let heads = vec![ByteArray([0; 32]); HEADS_MAX + 1];
+        let heads = vec![ByteArray([0; 32]); HAVE_MAX + 1];
         assert!(matches!(records_lacking(&heads, 1), Err(ClientError::TooLarge { what: "heads", .. })));
     }
 
