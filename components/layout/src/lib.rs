@@ -371,7 +371,7 @@ pub mod pds {
     pub const LEDGER: Pd = Pd {
         name: "ledger",
         priority: 150,
-        stack_size: 0x10000,
+        stack_size: 0x10_0000,
         program_image: "ledger.elf",
         holds_secrets: true,
         role: "serves the node and ledger services: identity seed and keys, tokens, signed \

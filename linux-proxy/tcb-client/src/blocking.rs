@@ -26,9 +26,13 @@ pub struct Client {
 impl Client {
     /// Connects, with `timeout` on every read and write.
     pub fn connect(path: impl AsRef<Path>, timeout: Duration) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path)?;
+        let mut stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        // One 0x00 ends whatever a previous connection left half-sent on a shared byte stream
+        // (the seL4 image's virtio-console is one stream for every connection); an empty chunk
+        // is ignored (docs/wire.md, stream layer).
+        stream.write_all(&[0])?;
         Ok(Self { stream, deframer: Box::new(Deframer::new()), buf: vec![0; 64 * 1024], start: 0, end: 0, next_id: 1 })
     }
 

