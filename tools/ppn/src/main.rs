@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod grant;
+mod image;
 mod ledger;
 mod sdf;
 mod tcb;
@@ -35,6 +36,11 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: ledger::Command,
+    },
+    /// The seL4 node image: build it (needs MICROKIT_SDK), boot it in QEMU.
+    Image {
+        #[command(subcommand)]
+        command: image::Command,
     },
     /// Benchmarks (JSON with --json; build with --release for meaningful numbers).
     Bench {
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
             Command::Grant { command } => grant::run(command).await,
             Command::Ledger { command } => ledger::run(command).await,
             Command::Bench { command } => bench::run(command),
+            Command::Image { command } => image::run(command),
             Command::Sdf { command } => sdf::run(command),
         }
     });
