@@ -3,9 +3,10 @@
 use crate::storage::FileStorage;
 use ppn_journal::{Journal, MAX_RECORD, Recovery};
 use ppn_ledger::{Ledger, Roots};
-use ppn_node_core::{NodeCore, NodeKeys, NodeRecord, Replay, Runtime, StateError};
-use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
-use ppn_wire::{ErrorCode, Header, Request, Response};
+use ppn_node_core::{NodeCore, NodeKeys, NodeRecord, Replay, StateError};
+use ppn_tcb_core::TcbCore;
+use ppn_wire::service::Platform;
+use ppn_wire::{Request, Response};
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -36,14 +37,6 @@ pub enum OpenError {
     Entropy(getrandom::Error),
 }
 
-/// Services and whether this build answers them.
-pub const SERVICES: [ServiceStatus; 4] = [
-    ServiceStatus { service: 0x01, state: ServiceState::Ready },
-    ServiceStatus { service: 0x02, state: ServiceState::Ready },
-    ServiceStatus { service: 0x03, state: ServiceState::NotImplemented },
-    ServiceStatus { service: 0x04, state: ServiceState::NotImplemented },
-];
-
 /// What opening the state found.
 #[derive(Debug, Clone)]
 pub struct OpenReport {
@@ -58,14 +51,12 @@ pub struct OpenReport {
 /// The hosted TCB.
 #[derive(Debug)]
 pub struct Tcb {
-    node: NodeCore,
-    /// The ledger owns the node's secret keys; the node core holds only public parts.
-    ledger: Ledger<FileStorage>,
+    /// The node and ledger cores and their dispatch (the ledger owns the node's secret keys;
+    /// the node core holds only public parts).
+    core: TcbCore<FileStorage>,
     _journal: Journal<FileStorage>,
     _lock: File,
     started: Instant,
-    served: u64,
-    failed: u64,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -134,66 +125,38 @@ impl Tcb {
         payload.fill(0);
 
         let report = OpenReport { created_identity, boot_count, journal: recovery, ledger: ledger_report };
-        let tcb = Self { node, ledger, _journal: journal, _lock: lock, started: Instant::now(), served: 0, failed: 0 };
+        let tcb = Self { core: TcbCore::new(node, ledger), _journal: journal, _lock: lock, started: Instant::now() };
         Ok((tcb, report))
     }
 
     pub fn node(&self) -> &NodeCore {
-        &self.node
+        self.core.node()
     }
 
     pub fn ledger(&self) -> &Ledger<FileStorage> {
-        &self.ledger
+        self.core.ledger()
     }
 
-    /// Answers one request. Every service that has not landed answers `NotImplemented`.
+    fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Answers one request (see [`TcbCore::answer`]).
     pub fn answer(&mut self, request: &Request) -> Response {
-        let response = match request {
-            Request::Node(r) => {
-                let rt = Runtime {
-                    uptime_ms: self.started.elapsed().as_millis() as u64,
-                    requests_served: self.served,
-                    requests_failed: self.failed,
-                    services: &SERVICES,
-                };
-                Response::Node(self.node.handle(r, &rt))
-            }
-            Request::Ledger(r) => match self.ledger.handle(r, now_unix_s()) {
-                Ok(answer) => Response::Ledger(answer),
-                Err(refusal) => Response::error(refusal.code, refusal.detail),
-            },
-            Request::Lender(_) | Request::Attest(_) => {
-                let service = request.service();
-                let detail = format!("the {} service has not landed in this TCB build", service.name());
-                Response::error(ErrorCode::NotImplemented, &detail)
-            }
-        };
-        match response {
-            Response::Error(_) => self.failed += 1,
-            _ => self.served += 1,
-        }
-        response
+        let uptime = self.uptime_ms();
+        self.core.answer(request, uptime, now_unix_s())
     }
 
-    /// Decodes a request frame and writes its response frame into `out` (at least
-    /// `MAX_FRAME_LEN` bytes); returns the response frame's length. Never fails: an undecodable
-    /// frame gets an error frame, with the request id if the header could be read, else 0.
+    /// Decodes a request frame and writes its response frame into `out` (see
+    /// [`TcbCore::handle_frame`]); returns the response frame's length.
     pub fn handle_frame(&mut self, frame: &[u8], out: &mut [u8]) -> usize {
-        let (request_id, response) = match ppn_wire::decode_request(frame) {
-            Ok((id, request)) => (id, self.answer(&request)),
-            Err(e) => {
-                self.failed += 1;
-                let id = Header::parse(frame).map(|h| h.request_id).unwrap_or(0);
-                (id, Response::error(ErrorCode::BadFrame, &e.to_string()))
-            }
-        };
-        encode_or_internal(request_id, &response, out)
+        let uptime = self.uptime_ms();
+        self.core.handle_frame(frame, out, uptime, now_unix_s())
     }
 
     /// The error frame for a stream-level error (oversize chunk, bad COBS).
     pub fn stream_error(&mut self, error: ppn_wire::Error, out: &mut [u8]) -> usize {
-        self.failed += 1;
-        encode_or_internal(0, &Response::error(ErrorCode::BadFrame, &error.to_string()), out)
+        self.core.refuse(0, &error.to_string(), out)
     }
 }
 
@@ -201,13 +164,4 @@ impl Tcb {
 /// expiry is decided by this clock, never by the proxy's.
 fn now_unix_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn encode_or_internal(request_id: u32, response: &Response, out: &mut [u8]) -> usize {
-    match ppn_wire::encode_response(request_id, response, out) {
-        Ok(n) => n,
-        // Every response type fits MAX_BODY_LEN (a wire test checks it); this is a last resort.
-        Err(e) => ppn_wire::encode_response(request_id, &Response::error(ErrorCode::Internal, &e.to_string()), out)
-            .expect("an error frame always fits MAX_FRAME_LEN"),
-    }
 }

@@ -13,7 +13,6 @@ extern crate alloc;
 
 mod rng;
 
-use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -22,9 +21,10 @@ use ppn_journal::mem::MemStorage;
 use ppn_layout::{buffer, ledger as lay};
 use ppn_ledger::{Ledger, Roots};
 use ppn_microkit_support::{RequestBuffer, timer};
-use ppn_node_core::{NodeCore, NodeKeys, Runtime};
-use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
-use ppn_wire::{ErrorCode, Header, MAX_FRAME_LEN, Request, Response};
+use ppn_node_core::{NodeCore, NodeKeys};
+use ppn_tcb_core::TcbCore;
+use ppn_wire::service::Platform;
+use ppn_wire::MAX_FRAME_LEN;
 use sel4_dlmalloc::{DeferredStaticDlmalloc, StaticHeapBounds};
 use sel4_microkit::{Channel, ChannelSet, Handler, Infallible, MessageInfo, debug_println, protection_domain};
 use zeroize::Zeroizing;
@@ -49,13 +49,6 @@ const RNG_IRQ: Channel = Channel::new(lay::RNG_IRQ as usize);
 const BLK_IRQ: Channel = Channel::new(lay::BLK_IRQ as usize);
 
 /// Services and whether this build answers them (as the hosted TCB).
-const SERVICES: [ServiceStatus; 4] = [
-    ServiceStatus { service: 0x01, state: ServiceState::Ready },
-    ServiceStatus { service: 0x02, state: ServiceState::Ready },
-    ServiceStatus { service: 0x03, state: ServiceState::NotImplemented },
-    ServiceStatus { service: 0x04, state: ServiceState::NotImplemented },
-];
-
 /// The TCB's clock: the build time plus the generic timer's uptime. There is no RTC in the
 /// image yet, so every boot starts its clock at the build time (docs/sel4-image.md).
 fn now_unix_s() -> u64 {
@@ -101,97 +94,40 @@ fn init() -> LedgerPd {
     };
     debug_println!("ledger: ready (identity from virtio-rng; journal in memory: state is lost at reboot)");
     LedgerPd {
-        node,
-        ledger,
+        core: TcbCore::new(node, ledger),
         // SAFETY: REQUEST_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
         // buffer::SIZE bytes (ppn-layout, checked against the SDF).
         buffer: unsafe { RequestBuffer::new(lay::REQUEST_BUFFER_VADDR) },
         request: vec![0u8; buffer::FRAME_CAPACITY],
         response: vec![0u8; MAX_FRAME_LEN],
         started_ms: timer::uptime_ms(),
-        served: 0,
-        failed: 0,
     }
 }
 
 struct LedgerPd {
-    node: NodeCore,
-    ledger: Ledger<MemStorage>,
+    /// The node and ledger cores behind the same dispatch as the hosted TCB.
+    core: TcbCore<MemStorage>,
     buffer: RequestBuffer,
     request: Vec<u8>,
     response: Vec<u8>,
     started_ms: u64,
-    served: u64,
-    failed: u64,
 }
 
 impl core::fmt::Debug for LedgerPd {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("LedgerPd").field("served", &self.served).field("failed", &self.failed).finish()
+        f.debug_struct("LedgerPd").field("node", &self.core.node().node_id()).finish_non_exhaustive()
     }
 }
 
 impl LedgerPd {
-    /// Answers one request, exactly as the hosted TCB does.
-    fn answer(&mut self, request: &Request) -> Response {
-        let response = match request {
-            Request::Node(r) => {
-                let rt = Runtime {
-                    uptime_ms: timer::uptime_ms().saturating_sub(self.started_ms),
-                    requests_served: self.served,
-                    requests_failed: self.failed,
-                    services: &SERVICES,
-                };
-                Response::Node(self.node.handle(r, &rt))
-            }
-            Request::Ledger(r) => match self.ledger.handle(r, now_unix_s()) {
-                Ok(answer) => Response::Ledger(answer),
-                Err(refusal) => Response::error(refusal.code, refusal.detail),
-            },
-            Request::Lender(_) | Request::Attest(_) => {
-                let service = request.service();
-                let detail = format!("the {} service has not landed in this TCB build", service.name());
-                Response::error(ErrorCode::NotImplemented, &detail)
-            }
-        };
-        match response {
-            Response::Error(_) => self.failed += 1,
-            _ => self.served += 1,
-        }
-        response
-    }
-
-    /// Copies the request out of the shared buffer, then decodes and answers it; writes the
-    /// response frame back.
+    /// Copies the request out of the shared buffer, then decodes and answers it (the same
+    /// `TcbCore` dispatch as the hosted TCB); writes the response frame back.
     fn handle_buffer(&mut self) {
-        let (request_id, response) = match self.buffer.read_frame(&mut self.request) {
-            Ok(len) => {
-                // The frame is now in our own memory: the caller can no longer change it.
-                let frame = &self.request[..len];
-                match ppn_wire::decode_request(frame) {
-                    Ok((id, request)) => (id, self.answer(&request)),
-                    Err(e) => {
-                        self.failed += 1;
-                        let id = Header::parse(frame).map(|h| h.request_id).unwrap_or(0);
-                        (id, Response::error(ErrorCode::BadFrame, &format!("{e}")))
-                    }
-                }
-            }
-            Err(_) => {
-                self.failed += 1;
-                (0, Response::error(ErrorCode::BadFrame, "request length exceeds the frame buffer"))
-            }
-        };
-        let n = match ppn_wire::encode_response(request_id, &response, &mut self.response) {
-            Ok(n) => n,
-            Err(e) => match ppn_wire::encode_response(
-                request_id,
-                &Response::error(ErrorCode::Internal, &format!("{e}")),
-                &mut self.response,
-            ) {
-                Ok(n) => n,
-                Err(_) => 0,
-            },
+        let uptime = timer::uptime_ms().saturating_sub(self.started_ms);
+        let n = match self.buffer.read_frame(&mut self.request) {
+            // The frame is now in our own memory: the caller can no longer change it.
+            Ok(len) => self.core.handle_frame(&self.request[..len], &mut self.response, uptime, now_unix_s()),
+            Err(_) => self.core.refuse(0, "request length exceeds the frame buffer", &mut self.response),
         };
         if self.buffer.write_frame(&self.response[..n]).is_err() {
             debug_println!("ledger: response frame too long for the buffer");
