@@ -93,21 +93,25 @@ pub fn encode_record(kind: u8, payload: &[u8], out: &mut [u8]) -> Option<usize> 
 /// Parses the record at the front of `bytes`: `Some((kind, payload, record length))`, or `None`
 /// when the bytes do not start with a whole, intact record.
 pub fn decode_record(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let header = bytes.get(..HEADER_LEN)?;
-    if header[0..2] != MAGIC || header[2] != VERSION {
-        return None;
-    }
-    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    if len > MAX_PAYLOAD {
-        return None;
-    }
+    let len = header_payload_len(bytes)?;
     let body_end = HEADER_LEN + len;
     let crc_bytes = bytes.get(body_end..body_end + 4)?;
     let crc = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
     if crc32fast::hash(&bytes[..body_end]) != crc {
         return None;
     }
-    Some((header[3], &bytes[HEADER_LEN..body_end], body_end + 4))
+    Some((bytes[3], &bytes[HEADER_LEN..body_end], body_end + 4))
+}
+
+/// The payload length a record header announces, if the header is well formed (magic,
+/// version, length within [`MAX_PAYLOAD`]). The checksum is checked by [`decode_record`].
+fn header_payload_len(header: &[u8]) -> Option<usize> {
+    let header = header.get(..HEADER_LEN)?;
+    if header[..2] != MAGIC || header[2] != VERSION {
+        return None;
+    }
+    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    (len <= MAX_PAYLOAD).then_some(len)
 }
 
 impl<S: Storage> Journal<S> {
@@ -123,8 +127,18 @@ impl<S: Storage> Journal<S> {
         let mut off = 0u64;
         let mut records = 0u64;
         while off < total {
-            let want = (total - off).min(MAX_RECORD as u64) as usize;
-            storage.read_at(off, &mut scratch[..want]).map_err(Error::Storage)?;
+            // The header first, then exactly the record it announces: replay reads each byte
+            // about once, which matters on a block device.
+            if total - off < OVERHEAD as u64 {
+                break;
+            }
+            storage.read_at(off, &mut scratch[..HEADER_LEN]).map_err(Error::Storage)?;
+            let Some(len) = header_payload_len(&scratch[..HEADER_LEN]) else { break };
+            let want = HEADER_LEN + len + 4;
+            if (want as u64) > total - off {
+                break;
+            }
+            storage.read_at(off + HEADER_LEN as u64, &mut scratch[HEADER_LEN..want]).map_err(Error::Storage)?;
             let Some((kind, payload, used)) = decode_record(&scratch[..want]) else { break };
             replay(kind, payload);
             off += used as u64;
@@ -158,6 +172,8 @@ impl<S: Storage> Journal<S> {
         &self.storage
     }
 }
+
+pub mod block;
 
 /// In-memory storage, for tests and for a PD without a disk.
 pub mod mem {

@@ -469,6 +469,25 @@ pub mod regions {
     };
 }
 
+/// The ledger PD's disk (virtio-blk, [`devices::BLK`]): two journal areas
+/// (`ppn_journal::block`), each with its own superblocks. `ppn image run` creates the disk
+/// file, sparse and zeroed, when it is missing; the first boot writes the identity into it.
+pub mod disk {
+    use ppn_journal::block::{Area, SECTOR};
+
+    /// The disk's size in bytes.
+    pub const SIZE_BYTES: u64 = 64 << 20;
+    /// In sectors.
+    pub const SECTORS: u64 = SIZE_BYTES / SECTOR as u64;
+    /// The node journal: the identity seed and the boot records (64 KiB).
+    pub const NODE_JOURNAL: Area = Area { tag: 1, first: 0, sectors: 128 };
+    /// The ledger journal: the rest of the disk.
+    pub const LEDGER_JOURNAL: Area =
+        Area { tag: 2, first: NODE_JOURNAL.first + NODE_JOURNAL.sectors, sectors: SECTORS - NODE_JOURNAL.sectors };
+
+    const _: () = assert!(LEDGER_JOURNAL.first + LEDGER_JOURNAL.sectors <= SECTORS);
+}
+
 /// The request/response buffer a service PD shares with `link`, in the style of sDDF's shared
 /// queues: fixed offsets, little-endian fields, one writer at a time.
 ///

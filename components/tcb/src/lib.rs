@@ -1,17 +1,22 @@
 //! The TCB's request dispatch, one implementation for every platform: the hosted TCB
 //! (`system/hosted`) and the seL4 ledger PD (`system/microkit/ledger`) both wrap a [`TcbCore`]
-//! and supply only what a platform knows: its storage, its clock and its uptime.
+//! and supply only what a platform knows: its storage, its clock, its uptime and its entropy.
+//! [`boot`] brings a TCB up from its two journals the same way on both.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
 use alloc::format;
-use ppn_journal::Storage;
-use ppn_ledger::Ledger;
-use ppn_node_core::{NodeCore, Runtime};
-use ppn_wire::service::{ServiceState, ServiceStatus};
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use ppn_journal::{Journal, MAX_RECORD, Recovery, Storage};
+use ppn_ledger::{Ledger, Roots};
+use ppn_node_core::{NodeCore, NodeKeys, NodeRecord, Replay, Runtime, StateError};
+use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
 use ppn_wire::{ErrorCode, Header, Request, Response};
+use zeroize::Zeroizing;
 
 /// Services and whether this build answers them.
 pub const SERVICES: [ServiceStatus; 4] = [
@@ -104,4 +109,99 @@ fn encode_or_internal(request_id: u32, response: &Response, out: &mut [u8]) -> u
         Err(e) => ppn_wire::encode_response(request_id, &Response::error(ErrorCode::Internal, &format!("{e}")), out)
             .unwrap_or(0),
     }
+}
+
+/// What [`boot`] found and did.
+#[derive(Debug, Clone)]
+pub struct BootReport {
+    /// This boot created the node's identity (the node journal was empty).
+    pub created_identity: bool,
+    /// This boot's number (1 for the first).
+    pub boot_count: u32,
+    /// Recovery of the node journal.
+    pub journal: Recovery,
+    /// What replaying the ledger journal found.
+    pub ledger: ppn_ledger::OpenReport,
+}
+
+/// Why a TCB could not boot. Storage errors are kept as text: each platform's storage has its
+/// own error type, and the message is all an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("node journal: {0}")]
+    NodeJournal(String),
+    #[error("node journal is inconsistent: {0}")]
+    State(#[from] StateError),
+    #[error("ledger journal: {0}")]
+    Ledger(String),
+    #[error("no entropy for the identity seed: {0}")]
+    Entropy(String),
+    #[error("the entropy source returned 32 zero bytes; refusing to create an identity from them")]
+    ZeroSeed,
+}
+
+/// A booted TCB: the cores, and the node journal (kept open: it is the identity's home).
+#[derive(Debug)]
+pub struct Booted<N: Storage, L: Storage> {
+    pub core: TcbCore<L>,
+    pub node_journal: Journal<N>,
+    pub report: BootReport,
+}
+
+/// Boots a TCB from its two journals, the same way on every platform: replays the node journal,
+/// creates the identity from `entropy` on first boot (journaled before anything uses it), opens
+/// the ledger (replaying and re-checking its journal), then records the boot.
+///
+/// The ledger's fleet root set is this node's own signing key plus `extra_roots`.
+pub fn boot<N: Storage, L: Storage, E: core::fmt::Debug>(
+    node_storage: N,
+    ledger_storage: L,
+    extra_roots: &Roots,
+    platform: Platform,
+    version: &str,
+    entropy: impl FnOnce(&mut [u8; 32]) -> Result<(), E>,
+) -> Result<Booted<N, L>, BootError> {
+    let mut scratch = vec![0u8; MAX_RECORD];
+    let mut replay = Replay::default();
+    let (mut journal, recovery) = Journal::open(node_storage, &mut scratch, |k, p| replay.record(k, p))
+        .map_err(|e| BootError::NodeJournal(format!("{e}")))?;
+    let recovered = replay.finish()?;
+
+    let mut payload = Zeroizing::new([0u8; 32]);
+    let mut append = |journal: &mut Journal<N>, rec: &NodeRecord| {
+        let (kind, n) = rec.encode(&mut payload);
+        let r = journal.append(kind, &payload[..n], &mut scratch).map_err(|e| BootError::NodeJournal(format!("{e}")));
+        scratch.fill(0);
+        r
+    };
+    let created_identity = recovered.seed.is_none();
+    let seed = match recovered.seed {
+        Some(seed) => seed,
+        None => {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            entropy(&mut seed).map_err(|e| BootError::Entropy(format!("{e:?}")))?;
+            if seed.iter().all(|&b| b == 0) {
+                return Err(BootError::ZeroSeed);
+            }
+            append(&mut journal, &NodeRecord::Identity { seed: seed.clone() })?;
+            seed
+        }
+    };
+    let keys = NodeKeys::from_seed(&seed);
+    drop(seed);
+    let mut roots = extra_roots.clone();
+    if !roots.add(&keys.signing_public()) {
+        // Cannot happen: the key was derived from a signing key.
+        return Err(BootError::Ledger("this node's own signing key is not a valid Ed25519 key".into()));
+    }
+    let boot_count = recovered.boot_count.saturating_add(1);
+    let node = NodeCore::new(&keys, platform, version, boot_count);
+
+    // The ledger opens before the boot is recorded: a ledger that cannot open is no boot.
+    let (ledger, ledger_report) =
+        Ledger::open(keys, Arc::new(roots), ledger_storage).map_err(|e| BootError::Ledger(format!("{e}")))?;
+    append(&mut journal, &NodeRecord::Boot { count: boot_count })?;
+
+    let report = BootReport { created_identity, boot_count, journal: recovery, ledger: ledger_report };
+    Ok(Booted { core: TcbCore::new(node, ledger), node_journal: journal, report })
 }

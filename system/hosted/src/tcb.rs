@@ -1,18 +1,16 @@
 //! The hosted TCB: the component cores, their state, and request dispatch.
 
 use crate::storage::FileStorage;
-use ppn_journal::{Journal, MAX_RECORD, Recovery};
+use ppn_journal::Journal;
 use ppn_ledger::{Ledger, Roots};
-use ppn_node_core::{NodeCore, NodeKeys, NodeRecord, Replay, StateError};
-use ppn_tcb_core::TcbCore;
+use ppn_node_core::NodeCore;
+use ppn_tcb_core::{BootError, BootReport, TcbCore};
 use ppn_wire::service::Platform;
 use ppn_wire::{Request, Response};
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use zeroize::Zeroizing;
 
 /// Name of the node journal in the state directory.
 pub const NODE_JOURNAL: &str = "node.journal";
@@ -27,26 +25,12 @@ pub enum OpenError {
     Io { path: String, source: std::io::Error },
     #[error("state directory {0} is in use by another ppn-tcb")]
     Locked(String),
-    #[error("node journal: {0}")]
-    Journal(String),
-    #[error("ledger journal: {0}")]
-    Ledger(String),
-    #[error("node journal is inconsistent: {0}")]
-    State(#[from] StateError),
-    #[error("no entropy for the identity seed: {0}")]
-    Entropy(getrandom::Error),
+    #[error(transparent)]
+    Boot(#[from] BootError),
 }
 
 /// What opening the state found.
-#[derive(Debug, Clone)]
-pub struct OpenReport {
-    pub created_identity: bool,
-    pub boot_count: u32,
-    /// Recovery of the node journal.
-    pub journal: Recovery,
-    /// What replaying the ledger journal found.
-    pub ledger: ppn_ledger::OpenReport,
-}
+pub type OpenReport = BootReport;
 
 /// The hosted TCB.
 #[derive(Debug)]
@@ -84,49 +68,18 @@ impl Tcb {
 
         let path = state_dir.join(NODE_JOURNAL);
         let storage = FileStorage::open(&path).map_err(io_err(&path))?;
-        let mut scratch = vec![0u8; MAX_RECORD];
-        let mut replay = Replay::default();
-        let (mut journal, recovery) = Journal::open(storage, &mut scratch, |k, p| replay.record(k, p))
-            .map_err(|e| OpenError::Journal(e.to_string()))?;
-        let recovered = replay.finish()?;
-
-        let mut payload = [0u8; 32];
-        let mut append = |journal: &mut Journal<FileStorage>, rec: &NodeRecord| {
-            let (kind, n) = rec.encode(&mut payload);
-            journal.append(kind, &payload[..n], &mut scratch).map_err(|e| OpenError::Journal(e.to_string()))
-        };
-        let created_identity = recovered.seed.is_none();
-        let seed = match recovered.seed {
-            Some(seed) => seed,
-            None => {
-                let mut seed = Zeroizing::new([0u8; 32]);
-                getrandom::fill(&mut seed[..]).map_err(OpenError::Entropy)?;
-                append(&mut journal, &NodeRecord::Identity { seed: seed.clone() })?;
-                seed
-            }
-        };
-        let keys = NodeKeys::from_seed(&seed);
-        drop(seed);
-        let mut roots = extra_roots.clone();
-        if !roots.add(&keys.signing_public()) {
-            // Cannot happen: the key was derived from a signing key.
-            return Err(OpenError::Ledger("this node's own signing key is not a valid Ed25519 key".into()));
-        }
-        let boot_count = recovered.boot_count.saturating_add(1);
-        let node = NodeCore::new(&keys, Platform::Hosted, env!("CARGO_PKG_VERSION"), boot_count);
-
-        // The ledger opens before the boot is recorded: a ledger that cannot open is no boot.
         let ledger_path = state_dir.join(LEDGER_JOURNAL);
         let ledger_storage = FileStorage::open(&ledger_path).map_err(io_err(&ledger_path))?;
-        let (ledger, ledger_report) =
-            Ledger::open(keys, Arc::new(roots), ledger_storage).map_err(|e| OpenError::Ledger(e.to_string()))?;
-
-        append(&mut journal, &NodeRecord::Boot { count: boot_count })?;
-        payload.fill(0);
-
-        let report = OpenReport { created_identity, boot_count, journal: recovery, ledger: ledger_report };
-        let tcb = Self { core: TcbCore::new(node, ledger), _journal: journal, _lock: lock, started: Instant::now() };
-        Ok((tcb, report))
+        let booted = ppn_tcb_core::boot(
+            storage,
+            ledger_storage,
+            extra_roots,
+            Platform::Hosted,
+            env!("CARGO_PKG_VERSION"),
+            |seed: &mut [u8; 32]| getrandom::fill(seed),
+        )?;
+        let tcb = Self { core: booted.core, _journal: booted.node_journal, _lock: lock, started: Instant::now() };
+        Ok((tcb, booted.report))
     }
 
     pub fn node(&self) -> &NodeCore {
