@@ -6,8 +6,8 @@
 //! - [`REGIONS`]: the memory regions, their sizes, whether they hold secrets, and which device
 //!   (if any) they belong to;
 //! - [`MAPPINGS`]: which PD maps which region, at which virtual address, with which permissions;
-//! - [`DEVICES`] and [`IRQS`]: the virtio-mmio devices of QEMU `virt`, the PD that drives each,
-//!   and the interrupt it receives;
+//! - [`DEVICES`] and [`IRQS`]: the devices of QEMU `virt` (virtio-mmio ones and the real-time
+//!   clock), the PD that drives each, and the interrupts PDs receive;
 //! - [`CHANNELS`]: the channels between PDs, with each end's channel id;
 //! - [`SETVARS`]: the symbols Microkit patches with a DMA region's physical address;
 //! - [`ROUTES`]: which PD serves which wire service.
@@ -184,6 +184,11 @@ pub mod qemu_virt {
     /// See [`RAM_BASE`].
     pub const RAM_SIZE: u64 = 0x8000_0000;
 
+    /// `VIRT_RTC` in `base_memmap`: the PL031 real-time clock, alone in its page.
+    pub const RTC_PADDR: u64 = 0x0901_0000;
+    /// `a15irqmap[VIRT_RTC]`: SPI 2, GIC id 34.
+    pub const RTC_IRQ: u32 = GIC_FIRST_SPI_ID + 2;
+
     /// Physical address of transport `n`'s registers.
     pub const fn virtio_mmio_addr(transport: u8) -> u64 {
         VIRTIO_MMIO_BASE + transport as u64 * VIRTIO_MMIO_SIZE
@@ -195,17 +200,27 @@ pub mod qemu_virt {
     }
 }
 
-/// A virtio device on one of QEMU virt's virtio-mmio transports, driven by exactly one PD.
+/// Where a device sits on QEMU's `virt` machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Device {
-    /// A short name (`console`, `blk`, `rng`).
-    pub name: &'static str,
-    /// The QEMU `-device` model that must sit on this transport.
-    pub qemu_device: &'static str,
-    /// The virtio-mmio transport index (0..32). QEMU must be told
+pub enum Bus {
+    /// A virtio device on virtio-mmio transport `transport` (0..32). QEMU must be told
     /// `-device MODEL,bus=virtio-mmio-bus.TRANSPORT`: without `bus=`, QEMU fills the transports
     /// from the highest address down.
-    pub transport: u8,
+    VirtioMmio {
+        transport: u8,
+        /// The QEMU `-device` model that must sit on this transport.
+        qemu_device: &'static str,
+    },
+    /// A device the machine always has, at a fixed address with a fixed interrupt.
+    Builtin { paddr: u64, irq: u32 },
+}
+
+/// A device on QEMU `virt`, driven by exactly one PD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    /// A short name (`console`, `blk`, `rng`, `rtc`).
+    pub name: &'static str,
+    pub bus: Bus,
     /// The only PD that may touch the device's registers, DMA memory and interrupt.
     pub driver: &'static Pd,
 }
@@ -213,7 +228,10 @@ pub struct Device {
 impl Device {
     /// Physical address of the device's registers.
     pub const fn regs_paddr(&self) -> u64 {
-        qemu_virt::virtio_mmio_addr(self.transport)
+        match self.bus {
+            Bus::VirtioMmio { transport, .. } => qemu_virt::virtio_mmio_addr(transport),
+            Bus::Builtin { paddr, .. } => paddr,
+        }
     }
 
     /// The page that holds the registers: what the SDF maps (8 transports share a page).
@@ -228,7 +246,26 @@ impl Device {
 
     /// The device's interrupt (GIC id, as the SDF's `irq` attribute).
     pub const fn irq(&self) -> u32 {
-        qemu_virt::virtio_mmio_irq(self.transport)
+        match self.bus {
+            Bus::VirtioMmio { transport, .. } => qemu_virt::virtio_mmio_irq(transport),
+            Bus::Builtin { irq, .. } => irq,
+        }
+    }
+
+    /// The virtio-mmio transport, for a virtio device.
+    pub const fn transport(&self) -> Option<u8> {
+        match self.bus {
+            Bus::VirtioMmio { transport, .. } => Some(transport),
+            Bus::Builtin { .. } => None,
+        }
+    }
+
+    /// The QEMU `-device` model to put on the transport, for a virtio device.
+    pub const fn qemu_device(&self) -> Option<&'static str> {
+        match self.bus {
+            Bus::VirtioMmio { qemu_device, .. } => Some(qemu_device),
+            Bus::Builtin { .. } => None,
+        }
     }
 }
 
@@ -379,21 +416,37 @@ pub mod pds {
     };
 }
 
-/// The devices, one per virtio-mmio transport, each transport in a page of its own (transports
-/// 0, 8 and 16 start pages 0x0a000000, 0x0a001000, 0x0a002000), so that mapping one device's
-/// page never exposes another device.
+/// The devices. The virtio devices sit one per virtio-mmio transport, each transport in a page of
+/// its own (transports 0, 8 and 16 start pages 0x0a000000, 0x0a001000, 0x0a002000), so that
+/// mapping one device's page never exposes another device.
 pub mod devices {
-    use super::{Device, pds};
+    use super::{Bus, Device, pds, qemu_virt};
 
     /// The virtio-console carrying the wire protocol's COBS stream to the proxy.
-    pub const CONSOLE: Device =
-        Device { name: "console", qemu_device: "virtio-serial-device", transport: 0, driver: &pds::LINK };
-    /// The virtio-blk disk holding the ledger's log.
-    pub const BLK: Device =
-        Device { name: "blk", qemu_device: "virtio-blk-device", transport: 8, driver: &pds::LEDGER };
+    pub const CONSOLE: Device = Device {
+        name: "console",
+        bus: Bus::VirtioMmio { transport: 0, qemu_device: "virtio-serial-device" },
+        driver: &pds::LINK,
+    };
+    /// The virtio-blk disk holding the node and ledger journals.
+    pub const BLK: Device = Device {
+        name: "blk",
+        bus: Bus::VirtioMmio { transport: 8, qemu_device: "virtio-blk-device" },
+        driver: &pds::LEDGER,
+    };
     /// The virtio-rng entropy source for key generation.
-    pub const RNG: Device =
-        Device { name: "rng", qemu_device: "virtio-rng-device", transport: 16, driver: &pds::LEDGER };
+    pub const RNG: Device = Device {
+        name: "rng",
+        bus: Bus::VirtioMmio { transport: 16, qemu_device: "virtio-rng-device" },
+        driver: &pds::LEDGER,
+    };
+    /// The machine's real-time clock (an Arm PL031): the ledger's wall clock, which decides
+    /// token expiry. Read only; its interrupt is not used.
+    pub const RTC: Device = Device {
+        name: "rtc",
+        bus: Bus::Builtin { paddr: qemu_virt::RTC_PADDR, irq: qemu_virt::RTC_IRQ },
+        driver: &pds::LEDGER,
+    };
 }
 
 /// The memory regions.
@@ -441,12 +494,12 @@ pub mod regions {
         kind: RegionKind::Mmio { device: &devices::BLK },
         purpose: "virtio-mmio registers of the ledger's disk",
     };
-    /// The disk's virtqueues and sector buffers. Not secret: every byte in it also reaches the
-    /// host's disk file, so the ledger puts nothing there that the host may not read.
+    /// The disk's virtqueues and sector buffers. Secret: the node journal (the identity seed)
+    /// passes through it on its way to the disk.
     pub const LEDGER_BLK_DMA: Region = Region {
         name: "ledger_blk_dma",
         size: 0x4_0000,
-        secret: false,
+        secret: true,
         kind: RegionKind::Dma { device: &devices::BLK, paddr_symbol: ledger::BLK_DMA_PADDR_SYMBOL },
         purpose: "virtqueues and sector buffers of the ledger's disk",
     };
@@ -466,6 +519,14 @@ pub mod regions {
         secret: true,
         kind: RegionKind::Dma { device: &devices::RNG, paddr_symbol: ledger::RNG_DMA_PADDR_SYMBOL },
         purpose: "virtqueue and buffer of the entropy source: the bytes key generation uses",
+    };
+    /// The real-time clock's registers, mapped read only.
+    pub const LEDGER_RTC_MMIO: Region = Region {
+        name: "ledger_rtc_mmio",
+        size: 0x1000,
+        secret: false,
+        kind: RegionKind::Mmio { device: &devices::RTC },
+        purpose: "PL031 registers of the machine's real-time clock (read only)",
     };
 }
 
@@ -609,6 +670,11 @@ pub mod ledger {
     /// The entropy source's registers.
     pub const RNG_REGS_VADDR: u64 = RNG_MMIO_VADDR + RNG.page_offset();
 
+    /// The real-time clock's register page (mapped read only).
+    pub const RTC_MMIO_VADDR: u64 = 0x3020_0000;
+    /// The clock's registers.
+    pub const RTC_REGS_VADDR: u64 = RTC_MMIO_VADDR + RTC.page_offset();
+
     /// The disk's DMA memory.
     pub const BLK_DMA_VADDR: u64 = 0x4000_0000;
     /// Its size.
@@ -626,13 +692,15 @@ pub mod ledger {
     pub const BLK: Device = devices::BLK;
     /// The entropy source.
     pub const RNG: Device = devices::RNG;
+    /// The real-time clock.
+    pub const RTC: Device = devices::RTC;
 }
 
 /// Every protection domain.
 pub const PDS: &[Pd] = &[pds::LINK, pds::LEDGER];
 
 /// Every device.
-pub const DEVICES: &[Device] = &[devices::CONSOLE, devices::BLK, devices::RNG];
+pub const DEVICES: &[Device] = &[devices::CONSOLE, devices::BLK, devices::RNG, devices::RTC];
 
 /// Every memory region.
 pub const REGIONS: &[Region] = &[
@@ -644,6 +712,7 @@ pub const REGIONS: &[Region] = &[
     regions::LEDGER_BLK_DMA,
     regions::LEDGER_RNG_MMIO,
     regions::LEDGER_RNG_DMA,
+    regions::LEDGER_RTC_MMIO,
 ];
 
 /// Every mapping, grouped by PD.
@@ -697,6 +766,13 @@ pub const MAPPINGS: &[Mapping] = &[
         region: &regions::LEDGER_RNG_MMIO,
         vaddr: ledger::RNG_MMIO_VADDR,
         perms: Perms::RW,
+        cached: false,
+    },
+    Mapping {
+        pd: &pds::LEDGER,
+        region: &regions::LEDGER_RTC_MMIO,
+        vaddr: ledger::RTC_MMIO_VADDR,
+        perms: Perms::R,
         cached: false,
     },
     Mapping {

@@ -244,6 +244,59 @@ pub fn check_ledger_ingest(socket: &Path) -> CheckResult {
     ))
 }
 
+/// Restart and persistence: grants and a revocation made before a restart of the TCB (whatever
+/// restarting means for the backend: a SIGKILL and a new `ppn-tcb`, a hard stop and a new boot
+/// of the seL4 image) are in force after it; the identity is the same, the boot is counted, and
+/// no sequence number is handed out twice. `restart` must return once the TCB answers again.
+pub fn check_persistence_across_restart(socket: &Path, restart: &mut dyn FnMut() -> Result<(), String>) -> CheckResult {
+    let mut c = Client::connect(socket, TIMEOUT).map_err(err("connect"))?;
+    let before = c.status().map_err(err("status"))?;
+    let grantee = fresh_node_id();
+    let expires = now_unix_s() + 3600;
+    let revoked = c.issue_grant(grantee, ResourceType::Vm, 1, expires).map_err(err("issue"))?;
+    let kept = c.issue_grant(grantee, ResourceType::Image, 2, expires).map_err(err("issue"))?;
+    let record =
+        c.revoke(RevokeTarget::Grant { issuer: before.node_id, sequence: revoked.sequence }).map_err(err("revoke"))?;
+    expect_verdict(&mut c, &revoked.token, Verdict::GrantRevoked, "the revoked grant before the restart")?;
+    let summary = c.ledger_summary().map_err(err("summary"))?;
+    drop(c);
+
+    restart()?;
+
+    let mut c = Client::connect(socket, TIMEOUT).map_err(err("connect after the restart"))?;
+    let after = c.status().map_err(err("status after the restart"))?;
+    if after.node_id != before.node_id {
+        return Err(format!("the identity changed across the restart: {} -> {}", before.node_id, after.node_id));
+    }
+    if after.boot_count != before.boot_count + 1 {
+        return Err(format!("boot count {} -> {}, want one more", before.boot_count, after.boot_count));
+    }
+    expect_verdict(&mut c, &revoked.token, Verdict::GrantRevoked, "the revoked grant after the restart")?;
+    expect_verdict(&mut c, &kept.token, Verdict::Valid, "the unrevoked grant after the restart")?;
+    let summary_after = c.ledger_summary().map_err(err("summary after the restart"))?;
+    if summary_after.record_count != summary.record_count {
+        return Err(format!(
+            "{} records before the restart, {} after",
+            summary.record_count, summary_after.record_count
+        ));
+    }
+    let heads = c.heads().map_err(err("heads after the restart"))?;
+    if !heads.heads.contains(&record) {
+        return Err(format!("the revocation record {record:?} is not a head after the restart"));
+    }
+    let next = c.issue_grant(grantee, ResourceType::Memory, 3, expires).map_err(err("issue after the restart"))?;
+    if next.sequence <= kept.sequence {
+        return Err(format!(
+            "sequence {} handed out after the restart; {} was issued before",
+            next.sequence, kept.sequence
+        ));
+    }
+    Ok(format!(
+        "node {} boot {} -> {}: revocation in force, {} records kept, next sequence {}",
+        after.node_id, before.boot_count, after.boot_count, summary_after.record_count, next.sequence
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

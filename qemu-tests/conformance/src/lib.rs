@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 mod hosted;
 pub mod ledger;
 pub use hosted::{HostedTcb, locate_bin};
-pub use ledger::{check_ledger_ingest, check_ledger_lifecycle};
+pub use ledger::{check_ledger_ingest, check_ledger_lifecycle, check_persistence_across_restart};
 
 /// Timeout of one request in the checks.
 pub const TIMEOUT: Duration = Duration::from_secs(20);

@@ -24,6 +24,17 @@ fn every_check_passes_against_ppn_tcb() {
         }
         assert!(tcb.is_running(), "ppn-tcb exited during {name}:\n{}", tcb.log());
     }
+    // Restart and persistence, with a SIGKILL as the restart (as sel4.rs does with a hard stop
+    // of QEMU).
+    let socket = tcb.socket.clone();
+    let mut restart = || {
+        tcb.restart();
+        Ok(())
+    };
+    match ppn_conformance::check_persistence_across_restart(&socket, &mut restart) {
+        Ok(what) => eprintln!("ok restart-persistence: {what}"),
+        Err(why) => panic!("restart-persistence: {why}\nppn-tcb log:\n{}", tcb.log()),
+    }
 }
 
 #[test]

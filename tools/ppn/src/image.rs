@@ -34,7 +34,7 @@ pub enum Command {
         socket: PathBuf,
         #[arg(long, default_value = "target/image/loader.img")]
         image: PathBuf,
-        /// The ledger's disk (created, 16 MiB, if missing).
+        /// The ledger's disk: node and ledger journals (created, sparse, 64 MiB, mode 0600, if missing).
         #[arg(long, default_value = "target/image/blk.img")]
         disk: PathBuf,
     },
@@ -103,9 +103,13 @@ fn build(board: &str, config: &str, repo: &Path, out: &Path) -> Result<ExitCode,
 /// The QEMU command line: devices pinned to the virtio-mmio transports `ppn-layout` gives them.
 pub fn qemu_args(image: &Path, socket: &Path, disk: &Path) -> Vec<String> {
     use ppn_layout::devices;
-    let on = |d: &ppn_layout::Device| format!("{},bus=virtio-mmio-bus.{}", d.qemu_device, d.transport);
+    let on = |d: &ppn_layout::Device| {
+        format!("{},bus=virtio-mmio-bus.{}", d.qemu_device().unwrap_or_default(), d.transport().unwrap_or_default())
+    };
     [
-        "-machine virt,virtualization=on -cpu cortex-a53 -m size=2G -nographic -serial mon:stdio -monitor none"
+        // The PL031 real-time clock (the ledger's wall clock) follows the host's UTC clock.
+        "-machine virt,virtualization=on -cpu cortex-a53 -m size=2G -nographic -serial mon:stdio -monitor none \
+         -rtc base=utc,clock=host"
             .split(' ')
             .map(String::from)
             .collect::<Vec<_>>(),
@@ -126,8 +130,15 @@ fn boot(socket: &Path, image: &Path, disk: &Path) -> Result<ExitCode, String> {
         return Err(format!("{} does not exist: run `ppn image build` first", image.display()));
     }
     if !disk.exists() {
-        let f = std::fs::File::create(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
-        f.set_len(16 << 20).map_err(|e| format!("{}: {e}", disk.display()))?;
+        // Owner only: the node journal on it holds the identity seed.
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(disk)
+            .map_err(|e| format!("{}: {e}", disk.display()))?;
+        f.set_len(ppn_layout::disk::SIZE_BYTES).map_err(|e| format!("{}: {e}", disk.display()))?;
     }
     if socket.exists() {
         std::fs::remove_file(socket).map_err(|e| format!("{}: {e}", socket.display()))?;

@@ -1,33 +1,39 @@
 //! The `ledger` protection domain: the node core and the ledger core behind one protected
 //! procedure, entered by `link` with a request frame in the shared buffer
-//! (`ppn_layout::buffer`). It holds the node's secrets: the identity seed comes from the
-//! virtio-rng device (never a constant: no device, no start), the heap is the secret
-//! `ledger_state` region.
+//! (`ppn_layout::buffer`). It holds the node's secrets:
+//! - the heap is the secret `ledger_state` region;
+//! - both journals (node: identity seed and boots; ledger: records and sequence reservations)
+//!   live on the virtio-blk disk, in the areas `ppn_layout::disk` gives them, so the identity
+//!   and every revocation survive a reboot of the image;
+//! - on the first boot the identity seed comes from the virtio-rng device (never a constant: no
+//!   device, no identity);
+//! - the wall clock that judges token expiry is the machine's PL031 real-time clock.
 //!
-//! Not done yet: the journal is in memory (`MemStorage`), so the identity and the ledger are
-//! new at every boot of the image; the virtio-blk journal is the next step (issue 4).
+//! It boots with the same sequence as the hosted TCB (`ppn_tcb_core::boot`).
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+mod disk;
 mod rng;
+mod rtc;
 
-use alloc::sync::Arc;
+use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 use one_shot_mutex::sync::RawOneShotMutex;
-use ppn_journal::mem::MemStorage;
-use ppn_layout::{buffer, ledger as lay};
-use ppn_ledger::{Ledger, Roots};
+use ppn_journal::Journal;
+use ppn_journal::block::BlockStorage;
+use ppn_layout::{buffer, disk as areas, ledger as lay};
+use ppn_ledger::Roots;
 use ppn_microkit_support::{RequestBuffer, timer};
-use ppn_node_core::{NodeCore, NodeKeys};
 use ppn_tcb_core::TcbCore;
-use ppn_wire::service::Platform;
 use ppn_wire::MAX_FRAME_LEN;
+use ppn_wire::service::Platform;
 use sel4_dlmalloc::{DeferredStaticDlmalloc, StaticHeapBounds};
 use sel4_microkit::{Channel, ChannelSet, Handler, Infallible, MessageInfo, debug_println, protection_domain};
-use zeroize::Zeroizing;
 
 /// The heap lives in the secret `ledger_state` region (its bounds are set first thing in init).
 #[global_allocator]
@@ -38,8 +44,7 @@ static ALLOCATOR: DeferredStaticDlmalloc<RawOneShotMutex> = DeferredStaticDlmall
 #[used]
 static mut ppn_rng_dma_paddr: u64 = 0;
 
-/// Patched by Microkit with the physical address of `ledger_blk_dma`. Unused until the journal
-/// moves to virtio-blk; the symbol must exist for the SDF's `setvar`.
+/// Patched by Microkit with the physical address of `ledger_blk_dma` (SDF `setvar`).
 #[unsafe(no_mangle)]
 #[used]
 static mut ppn_blk_dma_paddr: u64 = 0;
@@ -48,15 +53,19 @@ const LINK: Channel = Channel::new(lay::LINK_CHANNEL as usize);
 const RNG_IRQ: Channel = Channel::new(lay::RNG_IRQ as usize);
 const BLK_IRQ: Channel = Channel::new(lay::BLK_IRQ as usize);
 
-/// Services and whether this build answers them (as the hosted TCB).
-/// The TCB's clock: the build time plus the generic timer's uptime. There is no RTC in the
-/// image yet, so every boot starts its clock at the build time (docs/sel4-image.md).
-fn now_unix_s() -> u64 {
-    let build: u64 = match u64::from_str_radix(env!("PPN_BUILD_UNIX_S"), 10) {
-        Ok(v) => v,
-        Err(_) => 0,
-    };
-    build + timer::uptime_ms() / 1000
+/// Both journals share the one disk.
+type SharedDisk = Rc<RefCell<disk::Disk>>;
+type Storage = BlockStorage<SharedDisk>;
+
+/// Reads 32 bytes from the virtio-rng device (first boot only).
+fn entropy(seed: &mut [u8; 32]) -> Result<(), rng::RngError> {
+    // SAFETY: Microkit patched the symbol before the PD started; nothing writes it afterwards.
+    let paddr = unsafe { core::ptr::read_volatile(&raw const ppn_rng_dma_paddr) };
+    // SAFETY: RNG_REGS_VADDR and RNG_DMA_VADDR are this PD's mappings of the rng registers and
+    // its one-page DMA region (ppn-layout, checked against the SDF by `ppn sdf check`); the
+    // region's physical address is the patched symbol; this is the only driver made over them.
+    let mut rng = unsafe { rng::Rng::new(lay::RNG_REGS_VADDR, lay::RNG_DMA_VADDR, paddr) }?;
+    rng.fill(&mut seed[..])
 }
 
 #[protection_domain]
@@ -65,36 +74,46 @@ fn init() -> LedgerPd {
     if ALLOCATOR.set_bounds(bounds).is_err() {
         panic!("ledger: heap bounds set twice");
     }
+    // SAFETY: RTC_REGS_VADDR is this PD's read-only uncached mapping of the PL031's registers
+    // (ppn-layout, checked against the SDF).
+    let clock = unsafe { rtc::Clock::new(lay::RTC_REGS_VADDR) };
     // SAFETY: Microkit patched the symbol before the PD started; nothing writes it afterwards.
-    let rng_paddr = unsafe { core::ptr::read_volatile(&raw const ppn_rng_dma_paddr) };
-    // SAFETY: RNG_REGS_VADDR and RNG_DMA_VADDR are this PD's mappings of the rng registers and
-    // its one-page DMA region (ppn-layout, checked against the SDF by `ppn sdf check`); the
-    // region's physical address is the patched symbol.
-    let mut rng = match unsafe { rng::Rng::new(lay::RNG_REGS_VADDR, lay::RNG_DMA_VADDR, rng_paddr) } {
-        Ok(r) => r,
-        Err(e) => panic!("ledger: no entropy source ({e:?}); refusing to create an identity"),
+    let blk_paddr = unsafe { core::ptr::read_volatile(&raw const ppn_blk_dma_paddr) };
+    // SAFETY: called once; BLK_REGS_VADDR and BLK_DMA_VADDR are this PD's mappings of the disk's
+    // registers and of ledger_blk_dma, whose physical address Microkit patched into the symbol.
+    let disk = match unsafe { disk::Disk::new(blk_paddr) } {
+        Ok(d) => Rc::new(RefCell::new(d)),
+        Err(e) => panic!("ledger: no usable disk ({e:?}); the journals need one"),
     };
-    let mut seed = Zeroizing::new([0u8; 32]);
-    if let Err(e) = rng.fill(&mut seed[..]) {
-        panic!("ledger: entropy source failed ({e:?}); refusing to create an identity");
-    }
-    if seed.iter().all(|&b| b == 0) {
-        panic!("ledger: entropy source returned zeros; refusing to create an identity");
-    }
-    let keys = NodeKeys::from_seed(&seed);
-    drop(seed);
-    let mut roots = Roots::default();
-    if !roots.add(&keys.signing_public()) {
-        panic!("ledger: own signing key is not a valid Ed25519 key");
-    }
-    let node = NodeCore::new(&keys, Platform::Sel4Microkit, env!("CARGO_PKG_VERSION"), 1);
-    let ledger = match Ledger::open(keys, Arc::new(roots), MemStorage::default()) {
-        Ok((l, _)) => l,
-        Err(e) => panic!("ledger: cannot open the ledger: {e}"),
+    let open = |area| match BlockStorage::open(disk.clone(), area) {
+        Ok((storage, _)) => storage,
+        Err(e) => panic!("ledger: journal area {}: {e}", area.tag),
     };
-    debug_println!("ledger: ready (identity from virtio-rng; journal in memory: state is lost at reboot)");
+    let (node_storage, ledger_storage) = (open(areas::NODE_JOURNAL), open(areas::LEDGER_JOURNAL));
+    let booted = match ppn_tcb_core::boot(
+        node_storage,
+        ledger_storage,
+        &Roots::default(),
+        Platform::Sel4Microkit,
+        env!("CARGO_PKG_VERSION"),
+        entropy,
+    ) {
+        Ok(b) => b,
+        Err(e) => panic!("ledger: cannot boot: {e}"),
+    };
+    let r = &booted.report;
+    debug_println!(
+        "ledger: ready: boot {}, {}; ledger journal: {} records replayed, {} bytes cut; clock {} s",
+        r.boot_count,
+        if r.created_identity { "new identity from virtio-rng" } else { "identity from the disk" },
+        r.ledger.records,
+        r.ledger.truncated_bytes,
+        clock.now_unix_s(),
+    );
     LedgerPd {
-        core: TcbCore::new(node, ledger),
+        core: booted.core,
+        _node_journal: booted.node_journal,
+        clock,
         // SAFETY: REQUEST_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
         // buffer::SIZE bytes (ppn-layout, checked against the SDF).
         buffer: unsafe { RequestBuffer::new(lay::REQUEST_BUFFER_VADDR) },
@@ -106,7 +125,10 @@ fn init() -> LedgerPd {
 
 struct LedgerPd {
     /// The node and ledger cores behind the same dispatch as the hosted TCB.
-    core: TcbCore<MemStorage>,
+    core: TcbCore<Storage>,
+    /// The node journal stays open: it is the identity's home.
+    _node_journal: Journal<Storage>,
+    clock: rtc::Clock,
     buffer: RequestBuffer,
     request: Vec<u8>,
     response: Vec<u8>,
@@ -126,7 +148,9 @@ impl LedgerPd {
         let uptime = timer::uptime_ms().saturating_sub(self.started_ms);
         let n = match self.buffer.read_frame(&mut self.request) {
             // The frame is now in our own memory: the caller can no longer change it.
-            Ok(len) => self.core.handle_frame(&self.request[..len], &mut self.response, uptime, now_unix_s()),
+            Ok(len) => {
+                self.core.handle_frame(&self.request[..len], &mut self.response, uptime, self.clock.now_unix_s())
+            }
             Err(_) => self.core.refuse(0, "request length exceeds the frame buffer", &mut self.response),
         };
         if self.buffer.write_frame(&self.response[..n]).is_err() {
@@ -146,8 +170,7 @@ impl Handler for LedgerPd {
         Ok(MessageInfo::new(buffer::REPLY_FRAME, 0))
     }
 
-    /// The rng is polled and the disk not used yet: their interrupts are acknowledged and
-    /// otherwise ignored.
+    /// The rng and the disk are polled: their interrupts are acknowledged and otherwise ignored.
     fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
         for irq in [RNG_IRQ, BLK_IRQ] {
             if channels.contains(irq) {

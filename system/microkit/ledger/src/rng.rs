@@ -51,7 +51,10 @@ const BUF_LEN: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub enum RngError {
     #[allow(dead_code, reason = "printed through Debug")]
-    NoDevice { magic: u32, device_id: u32 },
+    NoDevice {
+        magic: u32,
+        device_id: u32,
+    },
     QueueUnavailable,
     FeaturesRefused,
     Timeout,

@@ -56,7 +56,7 @@ fn init() -> Link {
         Ok(c) => c,
         Err(e) => panic!("link: virtio-console init failed: {e:?}"),
     };
-    debug_println!("link: virtio-console ready on transport {}", lay::CONSOLE.transport);
+    debug_println!("link: virtio-console ready on transport {}", lay::CONSOLE.transport().unwrap_or_default());
     Link {
         console,
         // SAFETY: init runs once, before any handler, in this single-threaded PD: this is the only

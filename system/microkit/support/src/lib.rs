@@ -137,9 +137,7 @@ macro_rules! dma_hal {
                     // SAFETY: the caller guarantees `buffer` is valid for `len` bytes and not
                     // accessed by anyone else during this call; `bounce` is `len` bytes (or more)
                     // of freshly allocated DMA pages, so the two cannot overlap.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(buffer.as_ptr() as *const u8, bounce.as_ptr(), len)
-                    };
+                    unsafe { core::ptr::copy_nonoverlapping(buffer.as_ptr() as *const u8, bounce.as_ptr(), len) };
                 }
                 paddr as $crate::virtio_drivers::PhysAddr
             }
