@@ -18,9 +18,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
 pub mod blocking;
@@ -73,14 +72,22 @@ pub fn check_response(request: &Request, response: Response) -> Result<Response,
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Response, ppn_wire::Error>>>>>;
 
+/// The write half of whatever stream the client speaks over.
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A pipelined async client of one TCB.
-#[derive(Debug)]
 pub struct TcbClient {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<Writer>,
     pending: Pending,
     next_id: AtomicU32,
     timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for TcbClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcbClient").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
 }
 
 impl Drop for TcbClient {
@@ -92,11 +99,16 @@ impl Drop for TcbClient {
 impl TcbClient {
     /// Connects to the TCB socket at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
-        let mut stream = UnixStream::connect(path).await?;
+        Self::over(UnixStream::connect(path).await?).await
+    }
+
+    /// Speaks the wire protocol over any byte stream: a TCB socket, or a peer's relay of its
+    /// TCB's read-only ledger answers reached through the mesh.
+    pub async fn over<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(mut stream: S) -> Result<Self, ClientError> {
         // One 0x00 ends whatever a previous connection left half-sent on a shared byte stream
         // (the seL4 image's virtio-console); an empty chunk is ignored (docs/wire.md).
         stream.write_all(&[0]).await?;
-        let (mut read, write) = stream.into_split();
+        let (mut read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::default();
         let table = Arc::clone(&pending);
         let reader = tokio::spawn(async move {
@@ -125,7 +137,7 @@ impl TcbClient {
             table.lock().unwrap_or_else(|p| p.into_inner()).clear();
         });
         Ok(Self {
-            writer: tokio::sync::Mutex::new(write),
+            writer: tokio::sync::Mutex::new(Box::new(write)),
             pending,
             next_id: AtomicU32::new(1),
             timeout: DEFAULT_TIMEOUT,
