@@ -100,6 +100,8 @@ const STORAGE: Refusal = refuse(ErrorCode::Internal, "the ledger journal could n
 struct Admission {
     key: VerifyingKey,
     records: Vec<RecordId>,
+    /// The WireGuard key each admission record names: (created, record id, key).
+    wireguard: Vec<(u64, RecordId, [u8; 32])>,
 }
 
 #[derive(Debug, Default)]
@@ -287,16 +289,21 @@ impl<S: Storage> Ledger<S> {
             self.journal.append(entry::RECORD, &bytes, &mut self.scratch).map_err(|_| Reject::Storage)?;
         }
         match r.body {
-            Body::NodeAdmitted { key } => {
+            Body::NodeAdmitted { key, wireguard } => {
                 let node = node_id_of(&key);
                 match VerifyingKey::from_bytes(&key) {
                     Ok(vk) => {
-                        let a = self.admitted.entry(node).or_insert(Admission { key: vk, records: Vec::new() });
+                        let a = self.admitted.entry(node).or_insert(Admission {
+                            key: vk,
+                            records: Vec::new(),
+                            wireguard: Vec::new(),
+                        });
                         if a.key.as_bytes() != &key {
                             // Two keys claim one node id: trust neither, in any delivery order.
                             self.revocations.revoke_node(node);
                         }
                         a.records.push(r.id);
+                        a.wireguard.push((r.created_unix_s, r.id, wireguard));
                     }
                     Err(_) => self.revocations.revoke_node(node),
                 }
@@ -515,6 +522,45 @@ impl<S: Storage> Ledger<S> {
     }
 
     /// The fleet root set as public keys.
+    /// The fleet's members as this replica sees them: every root and every node named by an
+    /// accepted admission, with its keys and whether it is trusted now. A node's WireGuard key
+    /// is the one of its newest valid admission (by creation time, then record id), so replicas
+    /// with the same records agree; a root with no admission has none. At most
+    /// [`MEMBERS_MAX`](ppn_wire::service::MEMBERS_MAX), lowest node ids first.
+    pub fn members(&self) -> Members {
+        let mut out: BTreeMap<NodeId, Member> = BTreeMap::new();
+        for (id, key) in self.roots.keys() {
+            out.insert(
+                *id,
+                Member {
+                    node_id: *id,
+                    signing_key: ppn_wire::ByteArray(key.to_bytes()),
+                    wireguard: None,
+                    root: true,
+                    trusted: self.is_trusted(id),
+                },
+            );
+        }
+        for (id, a) in &self.admitted {
+            let wireguard = a
+                .wireguard
+                .iter()
+                .filter(|(_, rid, _)| self.admission_valid(rid, 0))
+                .max_by_key(|(created, rid, _)| (*created, *rid))
+                .map(|(_, _, k)| ppn_wire::ByteArray(*k));
+            let m = out.entry(*id).or_insert(Member {
+                node_id: *id,
+                signing_key: ppn_wire::ByteArray(a.key.to_bytes()),
+                wireguard: None,
+                root: false,
+                trusted: false,
+            });
+            m.wireguard = wireguard;
+            m.trusted = self.is_trusted(id);
+        }
+        Members { members: out.into_values().take(MEMBERS_MAX).collect() }
+    }
+
     pub fn root_keys(&self) -> RootSet {
         RootSet { keys: self.roots.keys().take(ROOTS_MAX).map(|(_, k)| ppn_wire::ByteArray(k.to_bytes())).collect() }
     }
@@ -555,6 +601,7 @@ impl<S: Storage> Ledger<S> {
             }
             LedgerRequest::Summary => LedgerResponse::Summary(self.summary()),
             LedgerRequest::Roots => LedgerResponse::Roots(self.root_keys()),
+            LedgerRequest::Members => LedgerResponse::Members(self.members()),
         })
     }
 }

@@ -11,7 +11,7 @@
 //! 12           8      created      u64, seconds since the Unix epoch (author's clock, informative)
 //! 20           1      parents n    0 ..= MAX_PARENTS
 //! 21          32*n    parents      record ids, strictly ascending (so no duplicates)
-//! 21+32n       b      body         NodeAdmitted: public key (32)
+//! 21+32n       b      body         NodeAdmitted: signing public key (32), WireGuard public key (32)
 //!                                  NodeRevoked:  node id (8)
 //!                                  GrantRevoked: issuer (8), first u64, last u64, first <= last
 //! 21+32n+b    64      signature    Ed25519 by the author over "ppn/record/v1" || bytes before it
@@ -35,8 +35,11 @@ pub const MAX_PARENTS: usize = 16;
 const FIXED: usize = 21;
 const SIG_LEN: usize = 64;
 const DOMAIN: &[u8] = b"ppn/record/v1";
+/// Largest body (NodeAdmitted's two keys).
+const MAX_BODY: usize = 64;
 /// Largest encoded record.
-pub const MAX_RECORD_LEN: usize = FIXED + 32 * MAX_PARENTS + 24 + SIG_LEN;
+pub const MAX_RECORD_LEN: usize = FIXED + 32 * MAX_PARENTS + MAX_BODY + SIG_LEN;
+const _: () = assert!(MAX_RECORD_LEN == 661);
 
 const _: () = assert!(MAX_RECORD_LEN <= ppn_wire::service::RECORD_MAX);
 
@@ -46,8 +49,9 @@ pub type RecordId = Digest;
 /// What a record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
-    /// `key`'s node joins the fleet.
-    NodeAdmitted { key: [u8; 32] },
+    /// `key`'s node joins the fleet; its proxy's mesh (WireGuard) public key is `wireguard`,
+    /// which the admitting TCB key-confirmed at pairing.
+    NodeAdmitted { key: [u8; 32], wireguard: [u8; 32] },
     /// `node` is cut off: its grants fail and its later records are refused.
     NodeRevoked { node: NodeId },
     /// Grants of `issuer` with `first <= sequence <= last` are revoked.
@@ -109,9 +113,10 @@ fn id8(b: &[u8], at: usize) -> NodeId {
     NodeId(ByteArray(a))
 }
 
+/// The body length of each kind; every one is at most `MAX_BODY` (a unit test checks).
 fn body_len(kind: u8) -> Result<usize, RecordError> {
     match kind {
-        1 => Ok(32),
+        1 => Ok(64),
         2 => Ok(8),
         3 => Ok(24),
         k => Err(RecordError::Kind(k)),
@@ -155,7 +160,9 @@ impl Record {
             1 => {
                 let mut key = [0u8; 32];
                 key.copy_from_slice(&bytes[body_at..body_at + 32]);
-                Body::NodeAdmitted { key }
+                let mut wireguard = [0u8; 32];
+                wireguard.copy_from_slice(&bytes[body_at + 32..body_at + 64]);
+                Body::NodeAdmitted { key, wireguard }
             }
             2 => Body::NodeRevoked { node: id8(bytes, body_at) },
             _ => {
@@ -199,7 +206,10 @@ impl Record {
             b.extend_from_slice(&p.0);
         }
         match body {
-            Body::NodeAdmitted { key } => b.extend_from_slice(&key),
+            Body::NodeAdmitted { key, wireguard } => {
+                b.extend_from_slice(&key);
+                b.extend_from_slice(&wireguard);
+            }
             Body::NodeRevoked { node } => b.extend_from_slice(&node.0.0),
             Body::GrantRevoked { issuer, first, last } => {
                 b.extend_from_slice(&issuer.0.0);
@@ -239,7 +249,7 @@ mod tests {
         let k = key(1);
         let parents = [ByteArray([3; 32]), ByteArray([1; 32]), ByteArray([3; 32])];
         for body in [
-            Body::NodeAdmitted { key: [5; 32] },
+            Body::NodeAdmitted { key: [5; 32], wireguard: [6; 32] },
             Body::NodeRevoked { node: NodeId(ByteArray([6; 8])) },
             Body::GrantRevoked { issuer: NodeId(ByteArray([7; 8])), first: 3, last: 9 },
         ] {
@@ -303,5 +313,13 @@ mod tests {
         b.extend_from_slice(&[4; 64]);
         b.extend_from_slice(&r.bytes[21..]);
         assert_eq!(Record::decode(&b), Err(RecordError::ParentOrder));
+    }
+
+    #[test]
+    fn every_body_fits_the_largest_record() {
+        for kind in 1..=3 {
+            assert!(body_len(kind).unwrap() <= MAX_BODY, "kind {kind}");
+        }
+        assert!(body_len(4).is_err());
     }
 }

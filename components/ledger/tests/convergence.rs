@@ -48,7 +48,7 @@ fn body(kind: u8, a: u8, b: u8) -> Body {
             Body::GrantRevoked { issuer: target(b as usize % REPLICAS), first: x, last: y }
         }
         // Admitting a fresh key.
-        _ => Body::NodeAdmitted { key: keys(10 + a as usize % 5).signing_public() },
+        _ => Body::NodeAdmitted { key: keys(10 + a as usize % 5).signing_public(), wireguard: [0x77; 32] },
     }
 }
 

@@ -138,7 +138,7 @@ fn admitted_nodes_may_author_only_below_their_admission() {
     let premature =
         Record::sign(newcomer.signing_key(), newcomer.node_id(), NOW, &[], Body::NodeRevoked { node: other() });
     assert_eq!(a.ingest(&premature.bytes).unwrap(), IngestOutcome::UnknownAuthor);
-    let adm = a.author(Body::NodeAdmitted { key: newcomer.signing_public() }, NOW).unwrap();
+    let adm = a.author(Body::NodeAdmitted { key: newcomer.signing_public(), wireguard: [0x77; 32] }, NOW).unwrap();
     // Still refused: its ancestors do not include the admission.
     assert_eq!(a.ingest(&premature.bytes).unwrap(), IngestOutcome::UnknownAuthor);
     assert!(a.is_trusted(&newcomer.node_id()));
@@ -247,13 +247,13 @@ fn a_revoked_node_cannot_admit_new_nodes_by_signing_with_old_parents() {
     let mut b = ledger(2, &r);
     // Before its revocation, B admits K1: that admission stays valid.
     let k1 = keys(11);
-    let adm1 = b.author(Body::NodeAdmitted { key: k1.signing_public() }, NOW).unwrap();
+    let adm1 = b.author(Body::NodeAdmitted { key: k1.signing_public(), wireguard: [0x77; 32] }, NOW).unwrap();
     let adm1_bytes = b.dag().get(&adm1).unwrap().bytes.clone();
     assert_eq!(a.ingest(&adm1_bytes).unwrap(), IngestOutcome::Accepted);
     let rev = a.author(Body::NodeRevoked { node: b.node_id() }, NOW).unwrap();
     // B, not having seen its revocation, admits K2 naming old parents: concurrent with it.
     let k2 = keys(12);
-    let adm2 = b.author(Body::NodeAdmitted { key: k2.signing_public() }, NOW).unwrap();
+    let adm2 = b.author(Body::NodeAdmitted { key: k2.signing_public(), wireguard: [0x77; 32] }, NOW).unwrap();
     let adm2_bytes = b.dag().get(&adm2).unwrap().bytes.clone();
     assert_eq!(a.ingest(&adm2_bytes).unwrap(), IngestOutcome::Accepted, "concurrent records are accepted");
     assert!(a.is_trusted(&k1.node_id()), "an admission made before the revocation stays valid");
@@ -263,7 +263,7 @@ fn a_revoked_node_cannot_admit_new_nodes_by_signing_with_old_parents() {
     let mut k2l = Ledger::open(keys(12), Arc::clone(&r), MemStorage::default()).unwrap().0;
     assert_eq!(k2l.ingest(&adm1_bytes).unwrap(), IngestOutcome::Accepted);
     assert_eq!(k2l.ingest(&adm2_bytes).unwrap(), IngestOutcome::Accepted);
-    let adm3 = k2l.author(Body::NodeAdmitted { key: keys(13).signing_public() }, NOW).unwrap();
+    let adm3 = k2l.author(Body::NodeAdmitted { key: keys(13).signing_public(), wireguard: [0x77; 32] }, NOW).unwrap();
     assert_eq!(a.ingest(&k2l.dag().get(&adm3).unwrap().bytes).unwrap(), IngestOutcome::Accepted);
     assert!(!a.is_trusted(&keys(13).node_id()));
     // The replica that learns of the revocation last agrees.
@@ -327,4 +327,43 @@ fn a_node_that_knows_it_is_revoked_authors_nothing_even_with_many_heads() {
     assert!(a.dag().head_count() > ppn_ledger::record::MAX_PARENTS);
     let refusal = a.author(Body::NodeRevoked { node: b.node_id() }, NOW).unwrap_err();
     assert_eq!(refusal.detail, "this node has been revoked");
+}
+
+#[test]
+fn members_list_roots_and_admitted_nodes_with_their_mesh_keys_and_trust() {
+    let r = roots(&[1, 2]);
+    let mut a = ledger(1, &r);
+    let m = a.members();
+    assert_eq!(m.members.len(), 2);
+    assert!(m.members.iter().all(|m| m.root && m.trusted && m.wireguard.is_none()));
+    assert!(m.members.windows(2).all(|w| w[0].node_id < w[1].node_id), "ascending node ids");
+
+    // Node 5 admitted with one mesh key, then re-admitted later (a re-pairing) with another:
+    // the newest valid admission names the key.
+    let k5 = keys(5);
+    a.author(Body::NodeAdmitted { key: k5.signing_public(), wireguard: [0x51; 32] }, NOW).unwrap();
+    a.author(Body::NodeAdmitted { key: k5.signing_public(), wireguard: [0x52; 32] }, NOW + 10).unwrap();
+    // Node 2 (a root) admitted too: it keeps `root` and gains a mesh key.
+    a.author(Body::NodeAdmitted { key: keys(2).signing_public(), wireguard: [0x22; 32] }, NOW).unwrap();
+    let find = |l: &Ledger<MemStorage>, id: NodeId| l.members().members.into_iter().find(|m| m.node_id == id).unwrap();
+    let m5 = find(&a, k5.node_id());
+    assert_eq!((m5.root, m5.trusted, m5.wireguard), (false, true, Some(ByteArray([0x52; 32]))));
+    assert_eq!(m5.signing_key, ByteArray(k5.signing_public()));
+    let m2 = find(&a, keys(2).node_id());
+    assert_eq!((m2.root, m2.trusted, m2.wireguard), (true, true, Some(ByteArray([0x22; 32]))));
+
+    // Revoked: still listed, no longer trusted.
+    a.author(Body::NodeRevoked { node: k5.node_id() }, NOW).unwrap();
+    assert!(!find(&a, k5.node_id()).trusted);
+
+    // Another replica with the same records, delivered in another order, lists the same.
+    let mut b = ledger(2, &r);
+    let mut records: Vec<Vec<u8>> = a.dag().iter().map(|r| r.bytes.clone()).collect();
+    records.reverse();
+    for _ in 0..records.len() {
+        for rec in &records {
+            b.ingest(rec).unwrap();
+        }
+    }
+    assert_eq!(b.members(), a.members());
 }

@@ -125,6 +125,8 @@ kinds! {
     LedgerSummary = 0x0207,
     /// The fleet root set.
     LedgerRoots = 0x0208,
+    /// The fleet's members: roots and admitted nodes, their keys and trust.
+    LedgerMembers = 0x0209,
 
     /// The lendable memory pool's state.
     LenderPoolStatus = 0x0301,

@@ -29,6 +29,7 @@ pub enum LedgerRequest {
     RecordsLacking(RecordsLacking),
     Summary,
     Roots,
+    Members,
 }
 
 /// Lender service requests.
@@ -75,6 +76,7 @@ pub enum LedgerResponse {
     RecordsLacking(Records),
     Summary(LedgerSummary),
     Roots(RootSet),
+    Members(Members),
 }
 
 /// Lender service responses.
@@ -117,6 +119,7 @@ impl Request {
             Self::Ledger(LedgerRequest::RecordsLacking(_)) => Kind::LedgerRecordsLacking,
             Self::Ledger(LedgerRequest::Summary) => Kind::LedgerSummary,
             Self::Ledger(LedgerRequest::Roots) => Kind::LedgerRoots,
+            Self::Ledger(LedgerRequest::Members) => Kind::LedgerMembers,
             Self::Lender(LenderRequest::PoolStatus) => Kind::LenderPoolStatus,
             Self::Lender(LenderRequest::Reserve(_)) => Kind::LenderReserve,
             Self::Lender(LenderRequest::CommitLease(_)) => Kind::LenderCommitLease,
@@ -133,7 +136,9 @@ impl Request {
     fn put_body(&self, out: &mut [u8]) -> Result<usize, Error> {
         match self {
             Self::Node(NodeRequest::Identity | NodeRequest::PublicKeys | NodeRequest::Status)
-            | Self::Ledger(LedgerRequest::Heads | LedgerRequest::Summary | LedgerRequest::Roots)
+            | Self::Ledger(
+                LedgerRequest::Heads | LedgerRequest::Summary | LedgerRequest::Roots | LedgerRequest::Members,
+            )
             | Self::Lender(LenderRequest::PoolStatus) => Ok(0),
             Self::Ledger(LedgerRequest::IssueGrant(b)) => put(b, out),
             Self::Ledger(LedgerRequest::VerifyToken(b)) => put(b, out),
@@ -162,6 +167,7 @@ impl Request {
             Kind::LedgerRecordsLacking => Self::Ledger(Le::RecordsLacking(take(kind, body)?)),
             Kind::LedgerSummary => empty(kind, body).map(|()| Self::Ledger(Le::Summary))?,
             Kind::LedgerRoots => empty(kind, body).map(|()| Self::Ledger(Le::Roots))?,
+            Kind::LedgerMembers => empty(kind, body).map(|()| Self::Ledger(Le::Members))?,
             Kind::LenderPoolStatus => empty(kind, body).map(|()| Self::Lender(Ln::PoolStatus))?,
             Kind::LenderReserve => Self::Lender(Ln::Reserve(take(kind, body)?)),
             Kind::LenderCommitLease => Self::Lender(Ln::CommitLease(take(kind, body)?)),
@@ -189,6 +195,7 @@ impl Response {
             Self::Ledger(LedgerResponse::RecordsLacking(_)) => Kind::LedgerRecordsLacking,
             Self::Ledger(LedgerResponse::Summary(_)) => Kind::LedgerSummary,
             Self::Ledger(LedgerResponse::Roots(_)) => Kind::LedgerRoots,
+            Self::Ledger(LedgerResponse::Members(_)) => Kind::LedgerMembers,
             Self::Lender(LenderResponse::PoolStatus(_)) => Kind::LenderPoolStatus,
             Self::Lender(LenderResponse::Reserve(_)) => Kind::LenderReserve,
             Self::Lender(LenderResponse::CommitLease(_)) => Kind::LenderCommitLease,
@@ -217,6 +224,7 @@ impl Response {
             Self::Ledger(LedgerResponse::RecordsLacking(b)) => put(b, out),
             Self::Ledger(LedgerResponse::Summary(b)) => put(b, out),
             Self::Ledger(LedgerResponse::Roots(b)) => put(b, out),
+            Self::Ledger(LedgerResponse::Members(b)) => put(b, out),
             Self::Lender(LenderResponse::PoolStatus(b)) => put(b, out),
             Self::Lender(LenderResponse::Reserve(b)) => put(b, out),
             Self::Lender(LenderResponse::CommitLease(b)) => put(b, out),
@@ -241,6 +249,7 @@ impl Response {
             Kind::LedgerRecordsLacking => Self::Ledger(Le::RecordsLacking(take(kind, body)?)),
             Kind::LedgerSummary => Self::Ledger(Le::Summary(take(kind, body)?)),
             Kind::LedgerRoots => Self::Ledger(Le::Roots(take(kind, body)?)),
+            Kind::LedgerMembers => Self::Ledger(Le::Members(take(kind, body)?)),
             Kind::LenderPoolStatus => Self::Lender(Ln::PoolStatus(take(kind, body)?)),
             Kind::LenderReserve => Self::Lender(Ln::Reserve(take(kind, body)?)),
             Kind::LenderCommitLease => Self::Lender(Ln::CommitLease(take(kind, body)?)),

@@ -355,6 +355,29 @@ pub struct LedgerSummary {
     pub next_sequence: u64,
 }
 
+/// Most members a [`Members`] answer lists.
+pub const MEMBERS_MAX: usize = 128;
+
+/// One node of the fleet, as a TCB's ledger sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: NodeId,
+    pub signing_key: PublicKey,
+    /// Its proxy's mesh (WireGuard) public key, from its newest valid admission; none for a
+    /// root that no record admits.
+    pub wireguard: Option<ByteArray<32>>,
+    /// In the fleet root set.
+    pub root: bool,
+    /// Trusted now: a root or validly admitted, and not revoked.
+    pub trusted: bool,
+}
+
+/// Answer to [`crate::Kind::LedgerMembers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub members: Vec<Member, MEMBERS_MAX>,
+}
+
 /// Answer to [`crate::Kind::LedgerRoots`]: the fleet root set's Ed25519 keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootSet {

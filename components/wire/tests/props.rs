@@ -180,6 +180,7 @@ fn request_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Request>> {
             .boxed(),
         Kind::LedgerSummary => Just(R::Ledger(Le::Summary)).boxed(),
         Kind::LedgerRoots => Just(R::Ledger(Le::Roots)).boxed(),
+        Kind::LedgerMembers => Just(R::Ledger(Le::Members)).boxed(),
         Kind::LenderPoolStatus => Just(R::Lender(Ln::PoolStatus)).boxed(),
         Kind::LenderReserve => (node_id(), u32s(f), u64s(f))
             .prop_map(|(borrower, blocks, expires_unix_s)| {
@@ -280,6 +281,16 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
             .boxed(),
         // Arbitrary values: the wire layer does not check that the counts agree with each other or
         // that `revoked_nodes` is ascending; the ledger that fills them in does.
+        Kind::LedgerMembers => {
+            let wireguard = match f {
+                Fill::Typical => proptest::option::of(byte_array::<32>()).boxed(),
+                Fill::Max => byte_array::<32>().prop_map(Some).boxed(),
+            };
+            let member = (node_id(), byte_array(), wireguard, any::<bool>(), any::<bool>()).prop_map(
+                |(node_id, signing_key, wireguard, root, trusted)| Member { node_id, signing_key, wireguard, root, trusted },
+            );
+            hvec(member, f).prop_map(|members| R::Ledger(Le::Members(Members { members }))).boxed()
+        }
         Kind::LedgerSummary => {
             (u64s(f), u32s(f), u32s(f), u64s(f), u32s(f), u32s(f), u32s(f), hvec(node_id(), f), u32s(f), u64s(f))
                 .prop_map(
@@ -420,6 +431,8 @@ const MAX_BODY: &[(Kind, Option<usize>, usize)] = &[
     // revoked_node_count, revoked_nodes, revoked_grant_ranges, next_sequence.
     (Kind::LedgerSummary, Some(0), 10 + 5 + 5 + 10 + 5 + 5 + 5 + (1 + REVOKED_NODES_MAX * 8) + 5 + 10),
     (Kind::LedgerRoots, Some(0), 1 + ROOTS_MAX * 32),
+    // node id, signing key, Some(WireGuard key), root, trusted.
+    (Kind::LedgerMembers, Some(0), 2 + MEMBERS_MAX * (8 + 32 + 1 + 32 + 1 + 1)),
     (Kind::LenderPoolStatus, Some(0), 6 * 5),
     (Kind::LenderReserve, Some(8 + 5 + 10), 10 + 5),
     (Kind::LenderCommitLease, Some(10), 10 + 1 + TOKEN_MAX),
@@ -792,6 +805,7 @@ fn wire_numbers_and_golden_frames_are_pinned() {
             (0x0206, "LedgerRecordsLacking"),
             (0x0207, "LedgerSummary"),
             (0x0208, "LedgerRoots"),
+            (0x0209, "LedgerMembers"),
             (0x0301, "LenderPoolStatus"),
             (0x0302, "LenderReserve"),
             (0x0303, "LenderCommitLease"),

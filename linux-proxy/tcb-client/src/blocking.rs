@@ -114,6 +114,10 @@ impl Client {
         self.run(calls::ledger_roots())
     }
 
+    pub fn ledger_members(&mut self) -> Result<Vec<Member>, ClientError> {
+        self.run(calls::ledger_members())
+    }
+
     /// Writes raw bytes to the TCB.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes)?;

@@ -130,6 +130,12 @@ pub fn ledger_roots() -> TypedCall<Vec<PublicKey>> {
     ledger(LedgerRequest::Roots, |r| if let Response::Ledger(L::Roots(x)) = r { Some(x.keys.to_vec()) } else { None })
 }
 
+pub fn ledger_members() -> TypedCall<Vec<Member>> {
+    ledger(LedgerRequest::Members, |r| {
+        if let Response::Ledger(L::Members(x)) = r { Some(x.members.to_vec()) } else { None }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -247,4 +247,9 @@ impl TcbClient {
     pub async fn ledger_roots(&self) -> Result<Vec<PublicKey>, ClientError> {
         self.run(calls::ledger_roots()).await
     }
+
+    /// The fleet's members: roots and admitted nodes, their keys, mesh keys and trust.
+    pub async fn ledger_members(&self) -> Result<Vec<Member>, ClientError> {
+        self.run(calls::ledger_members()).await
+    }
 }

@@ -162,6 +162,25 @@ fn ledger_roots_round_trips_into_ppn_tcb_roots() {
 }
 
 #[test]
+fn ledger_members_lists_the_roots_with_their_trust() {
+    let a = HostedTcb::start();
+    let status = json(&a.socket, &["tcb", "status"]);
+    let members = json(&a.socket, &["ledger", "members"]);
+    assert_eq!(
+        members,
+        serde_json::json!({ "members": [{
+            "node_id": status["node_id"], "signing_key": status["signing_key"],
+            "wireguard": null, "root": true, "trusted": true,
+        }] })
+    );
+    let o = ppn(&a.socket, &["ledger", "members"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("node "), "{text}");
+    assert!(text.contains(status["node_id"].as_str().unwrap()) && text.contains("root"), "{text}");
+}
+
+#[test]
 fn commands_on_a_dead_socket_name_it_and_fail() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nobody.sock");

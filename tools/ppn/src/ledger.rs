@@ -1,4 +1,4 @@
-//! `ppn ledger show|roots|sync`: what the node's capability ledger holds, and pulling records
+//! `ppn ledger show|roots|members|sync`: what the node's capability ledger holds, and pulling records
 //! from another node's TCB.
 
 use crate::{Conn, print_json};
@@ -20,6 +20,13 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The fleet's members as this TCB's ledger sees them: roots and admitted nodes, their
+    /// signing keys, their proxies' mesh (WireGuard) keys in WireGuard's base64 form, and
+    /// whether each is trusted now.
+    Members {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Pull into this TCB every record of another TCB that it accepts (what the mesh's
     /// anti-entropy does; here by hand, between two sockets on this machine).
     Sync {
@@ -35,6 +42,7 @@ pub async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Show { conn } => show(&conn).await,
         Command::Roots { conn } => roots(&conn).await,
+        Command::Members { conn } => members(&conn).await,
         Command::Sync { conn, from } => sync(&conn, &from).await,
     }
     .map(|()| ExitCode::SUCCESS)
@@ -127,6 +135,38 @@ async fn roots(conn: &Conn) -> Result<(), String> {
     } else {
         for k in keys {
             println!("{k}");
+        }
+        Ok(())
+    }
+}
+
+async fn members(conn: &Conn) -> Result<(), String> {
+    use base64::Engine as _;
+    let client = conn.connect().await?;
+    let members = client.ledger_members().await.map_err(conn.context())?;
+    let wg = |m: &ppn_wire::service::Member| m.wireguard.map(|k| base64::engine::general_purpose::STANDARD.encode(k.0));
+    if conn.json {
+        let list: Vec<_> = members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "node_id": m.node_id.to_string(), "signing_key": format!("{:x}", m.signing_key),
+                    "wireguard": wg(m), "root": m.root, "trusted": m.trusted,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({ "members": list }))
+    } else {
+        println!("{:<16}  {:<7}  {:<5}  {:<44}  signing key", "node", "trusted", "root", "mesh key (WireGuard)");
+        for m in &members {
+            println!(
+                "{:<16}  {:<7}  {:<5}  {:<44}  {:x}",
+                m.node_id.to_string(),
+                if m.trusted { "yes" } else { "no" },
+                if m.root { "root" } else { "-" },
+                wg(m).unwrap_or_else(|| "-".into()),
+                m.signing_key
+            );
         }
         Ok(())
     }

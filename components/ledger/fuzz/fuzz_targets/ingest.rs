@@ -137,7 +137,7 @@ fn body(c: &mut Input<'_>) -> Body {
                 // Raw bytes: often not a valid Ed25519 key at all.
                 None => c.array(),
             };
-            Body::NodeAdmitted { key }
+            Body::NodeAdmitted { key, wireguard: c.array() }
         }
         1 => Body::NodeRevoked { node: node_id(c) },
         _ => {
