@@ -827,6 +827,13 @@ pub const ROUTES: &[Route] = &[
         link_channel: link::LEDGER_CHANNEL,
         buffer: &regions::LINK_LEDGER_BUFFER,
     },
+    // Pairing admits a node into the ledger with the node's signing key: the ledger PD's.
+    Route {
+        service: Service::Pair,
+        pd: &pds::LEDGER,
+        link_channel: link::LEDGER_CHANNEL,
+        buffer: &regions::LINK_LEDGER_BUFFER,
+    },
 ];
 
 /// The PD named `name`.

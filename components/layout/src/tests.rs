@@ -299,6 +299,7 @@ fn the_len_field_round_trips_and_refuses_more_than_a_frame() {
 fn link_routes_node_and_ledger_requests_to_the_ledger_and_nothing_else() {
     assert_eq!(route(Service::Node).map(|r| r.pd.name), Some("ledger"));
     assert_eq!(route(Service::Ledger).map(|r| r.pd.name), Some("ledger"));
+    assert_eq!(route(Service::Pair).map(|r| r.pd.name), Some("ledger"));
     assert_eq!(route(Service::Lender), None);
     assert_eq!(route(Service::Attest), None);
     assert_eq!(route(Service::Link), None);

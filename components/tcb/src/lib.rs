@@ -14,30 +14,43 @@ use alloc::vec;
 use ppn_journal::{Journal, MAX_RECORD, Recovery, Storage};
 use ppn_ledger::{Ledger, Roots};
 use ppn_node_core::{NodeCore, NodeKeys, NodeRecord, Replay, Runtime, StateError};
+use ppn_wire::message::{PairRequest, PairResponse};
 use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
 use ppn_wire::{ErrorCode, Header, Request, Response};
 use zeroize::Zeroizing;
 
+pub mod pair;
+
+pub use pair::Entropy;
+
 /// Services and whether this build answers them.
-pub const SERVICES: [ServiceStatus; 4] = [
+pub const SERVICES: [ServiceStatus; 5] = [
     ServiceStatus { service: 0x01, state: ServiceState::Ready },
     ServiceStatus { service: 0x02, state: ServiceState::Ready },
     ServiceStatus { service: 0x03, state: ServiceState::NotImplemented },
     ServiceStatus { service: 0x04, state: ServiceState::NotImplemented },
+    ServiceStatus { service: 0x05, state: ServiceState::Ready },
 ];
 
-/// The node and ledger cores, and the counters `NodeStatus` reports.
+/// The node and ledger cores, the pairing session, and the counters `NodeStatus` reports.
 #[derive(Debug)]
 pub struct TcbCore<S: Storage> {
     node: NodeCore,
     ledger: Ledger<S>,
+    pairing: pair::Pairing,
     served: u64,
     failed: u64,
 }
 
 impl<S: Storage> TcbCore<S> {
     pub fn new(node: NodeCore, ledger: Ledger<S>) -> Self {
-        Self { node, ledger, served: 0, failed: 0 }
+        Self { node, ledger, pairing: pair::Pairing::new(None), served: 0, failed: 0 }
+    }
+
+    /// Gives the pairing service its entropy source (without one, `PairBegin` is refused).
+    pub fn with_entropy(mut self, entropy: alloc::boxed::Box<dyn Entropy>) -> Self {
+        self.pairing = pair::Pairing::new(Some(entropy));
+        self
     }
 
     pub fn node(&self) -> &NodeCore {
@@ -65,6 +78,20 @@ impl<S: Storage> TcbCore<S> {
                 Ok(answer) => Response::Ledger(answer),
                 Err(refusal) => Response::error(refusal.code, refusal.detail),
             },
+            Request::Pair(r) => {
+                let me = (self.node.node_id(), self.node.signing_public());
+                let answer = match r {
+                    PairRequest::Begin(b) => self.pairing.begin(b, me, uptime_ms).map(PairResponse::Begin),
+                    PairRequest::Step(s) => self.pairing.step(s, uptime_ms).map(PairResponse::Step),
+                    PairRequest::Decide(d) => {
+                        self.pairing.decide(d, &mut self.ledger, uptime_ms, now_unix_s).map(PairResponse::Decide)
+                    }
+                };
+                match answer {
+                    Ok(a) => Response::Pair(a),
+                    Err((code, detail)) => Response::error(code, &detail),
+                }
+            }
             Request::Lender(_) | Request::Attest(_) => {
                 let detail = format!("the {} service has not landed in this TCB build", request.service().name());
                 Response::error(ErrorCode::NotImplemented, &detail)

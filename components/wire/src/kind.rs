@@ -18,12 +18,14 @@ pub enum Service {
     Lender,
     /// Attestation: root-hash and report signatures.
     Attest,
+    /// Pairing: the CPace ceremony that admits another node.
+    Pair,
     /// A service byte this build does not know.
     Unknown(u8),
 }
 
 impl Service {
-    pub const ALL: [Service; 4] = [Service::Node, Service::Ledger, Service::Lender, Service::Attest];
+    pub const ALL: [Service; 5] = [Service::Node, Service::Ledger, Service::Lender, Service::Attest, Service::Pair];
 
     pub fn from_u8(v: u8) -> Self {
         match v {
@@ -32,6 +34,7 @@ impl Service {
             0x02 => Self::Ledger,
             0x03 => Self::Lender,
             0x04 => Self::Attest,
+            0x05 => Self::Pair,
             n => Self::Unknown(n),
         }
     }
@@ -43,6 +46,7 @@ impl Service {
             Self::Ledger => 0x02,
             Self::Lender => 0x03,
             Self::Attest => 0x04,
+            Self::Pair => 0x05,
             Self::Unknown(n) => n,
         }
     }
@@ -54,6 +58,7 @@ impl Service {
             Self::Ledger => "ledger",
             Self::Lender => "lender",
             Self::Attest => "attest",
+            Self::Pair => "pair",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -141,6 +146,13 @@ kinds! {
     AttestSignRootHash = 0x0401,
     /// Sign an attestation report for a guest.
     AttestSignReport = 0x0402,
+
+    /// Start a pairing session as initiator or responder.
+    PairBegin = 0x0501,
+    /// Hand the session the peer's next pairing message.
+    PairStep = 0x0502,
+    /// The operator's verdict on a paired peer: admit it (or not).
+    PairDecide = 0x0503,
 }
 
 impl Kind {

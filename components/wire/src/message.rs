@@ -48,6 +48,14 @@ pub enum AttestRequest {
     SignReport(SignReport),
 }
 
+/// Pair service requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairRequest {
+    Begin(PairBegin),
+    Step(PairStep),
+    Decide(PairDecide),
+}
+
 /// A request, by owning service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -55,6 +63,7 @@ pub enum Request {
     Ledger(LedgerRequest),
     Lender(LenderRequest),
     Attest(AttestRequest),
+    Pair(PairRequest),
 }
 
 /// Node service responses.
@@ -95,6 +104,14 @@ pub enum AttestResponse {
     SignReport(Report),
 }
 
+/// Pair service responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairResponse {
+    Begin(PairProgress),
+    Step(PairProgress),
+    Decide(PairDecided),
+}
+
 /// A response: an error, or the answer of the request's service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -103,6 +120,7 @@ pub enum Response {
     Ledger(LedgerResponse),
     Lender(LenderResponse),
     Attest(AttestResponse),
+    Pair(PairResponse),
 }
 
 impl Request {
@@ -126,6 +144,9 @@ impl Request {
             Self::Lender(LenderRequest::Release(_)) => Kind::LenderRelease,
             Self::Attest(AttestRequest::SignRootHash(_)) => Kind::AttestSignRootHash,
             Self::Attest(AttestRequest::SignReport(_)) => Kind::AttestSignReport,
+            Self::Pair(PairRequest::Begin(_)) => Kind::PairBegin,
+            Self::Pair(PairRequest::Step(_)) => Kind::PairStep,
+            Self::Pair(PairRequest::Decide(_)) => Kind::PairDecide,
         }
     }
 
@@ -150,11 +171,14 @@ impl Request {
             Self::Lender(LenderRequest::Release(b)) => put(b, out),
             Self::Attest(AttestRequest::SignRootHash(b)) => put(b, out),
             Self::Attest(AttestRequest::SignReport(b)) => put(b, out),
+            Self::Pair(PairRequest::Begin(b)) => put(b, out),
+            Self::Pair(PairRequest::Step(b)) => put(b, out),
+            Self::Pair(PairRequest::Decide(b)) => put(b, out),
         }
     }
 
     fn take_body(kind: Kind, body: &[u8]) -> Result<Self, Error> {
-        use {AttestRequest as A, LedgerRequest as Le, LenderRequest as Ln, NodeRequest as N};
+        use {AttestRequest as A, LedgerRequest as Le, LenderRequest as Ln, NodeRequest as N, PairRequest as P};
         Ok(match kind {
             Kind::NodeIdentity => empty(kind, body).map(|()| Self::Node(N::Identity))?,
             Kind::NodePublicKeys => empty(kind, body).map(|()| Self::Node(N::PublicKeys))?,
@@ -174,6 +198,9 @@ impl Request {
             Kind::LenderRelease => Self::Lender(Ln::Release(take(kind, body)?)),
             Kind::AttestSignRootHash => Self::Attest(A::SignRootHash(take(kind, body)?)),
             Kind::AttestSignReport => Self::Attest(A::SignReport(take(kind, body)?)),
+            Kind::PairBegin => Self::Pair(P::Begin(take(kind, body)?)),
+            Kind::PairStep => Self::Pair(P::Step(take(kind, body)?)),
+            Kind::PairDecide => Self::Pair(P::Decide(take(kind, body)?)),
             Kind::Error => return Err(Error::WrongDirection { kind: kind.to_u16(), got: "request" }),
             Kind::Unknown(n) => return Err(Error::UnknownKind(n)),
         })
@@ -202,6 +229,9 @@ impl Response {
             Self::Lender(LenderResponse::Release(_)) => Kind::LenderRelease,
             Self::Attest(AttestResponse::SignRootHash(_)) => Kind::AttestSignRootHash,
             Self::Attest(AttestResponse::SignReport(_)) => Kind::AttestSignReport,
+            Self::Pair(PairResponse::Begin(_)) => Kind::PairBegin,
+            Self::Pair(PairResponse::Step(_)) => Kind::PairStep,
+            Self::Pair(PairResponse::Decide(_)) => Kind::PairDecide,
         }
     }
 
@@ -231,11 +261,14 @@ impl Response {
             Self::Lender(LenderResponse::Release(b)) => put(b, out),
             Self::Attest(AttestResponse::SignRootHash(b)) => put(b, out),
             Self::Attest(AttestResponse::SignReport(b)) => put(b, out),
+            Self::Pair(PairResponse::Begin(b)) => put(b, out),
+            Self::Pair(PairResponse::Step(b)) => put(b, out),
+            Self::Pair(PairResponse::Decide(b)) => put(b, out),
         }
     }
 
     fn take_body(kind: Kind, body: &[u8]) -> Result<Self, Error> {
-        use {AttestResponse as A, LedgerResponse as Le, LenderResponse as Ln, NodeResponse as N};
+        use {AttestResponse as A, LedgerResponse as Le, LenderResponse as Ln, NodeResponse as N, PairResponse as P};
         Ok(match kind {
             Kind::Error => Self::Error(take(kind, body)?),
             Kind::NodeIdentity => Self::Node(N::Identity(take(kind, body)?)),
@@ -256,6 +289,9 @@ impl Response {
             Kind::LenderRelease => Self::Lender(Ln::Release(take(kind, body)?)),
             Kind::AttestSignRootHash => Self::Attest(A::SignRootHash(take(kind, body)?)),
             Kind::AttestSignReport => Self::Attest(A::SignReport(take(kind, body)?)),
+            Kind::PairBegin => Self::Pair(P::Begin(take(kind, body)?)),
+            Kind::PairStep => Self::Pair(P::Step(take(kind, body)?)),
+            Kind::PairDecide => Self::Pair(P::Decide(take(kind, body)?)),
             Kind::Unknown(n) => return Err(Error::UnknownKind(n)),
         })
     }

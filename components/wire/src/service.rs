@@ -472,3 +472,70 @@ pub struct SignReport {
 pub struct Report {
     pub cose_sign1: Vec<u8, REPORT_MAX>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pair
+
+/// Longest pairing code, as typed (dashes and spaces included).
+pub const PAIR_CODE_MAX: usize = 32;
+/// Longest pairing message (Hello and Reply; `ppn_pairing::message::MAX_MESSAGE_LEN`).
+pub const PAIR_MESSAGE_MAX: usize = 144;
+
+u8_enum! {
+    /// Which side of the ceremony this TCB plays.
+    PairRole {
+        /// Sends Hello first (`ppn pair --connect`).
+        Initiator = 1,
+        /// Answers Hello (`ppn pair --listen`).
+        Responder = 2,
+    }
+}
+
+/// Request body of [`crate::Kind::PairBegin`]: starts a session, replacing any earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairBegin {
+    pub role: PairRole,
+    /// The one-time code the operator typed, as typed.
+    pub code: String<PAIR_CODE_MAX>,
+    /// This node's proxy's mesh (WireGuard) public key, which the peer key-confirms.
+    pub wireguard_key: ByteArray<32>,
+}
+
+/// Request body of [`crate::Kind::PairStep`]: the peer's next message, as received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStep {
+    pub message: Vec<u8, PAIR_MESSAGE_MAX>,
+}
+
+/// A peer whose identity the ceremony key-confirmed, waiting for the operator's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairedPeer {
+    pub node_id: NodeId,
+    pub signing_key: PublicKey,
+    pub wireguard_key: ByteArray<32>,
+    /// The short authentication string (6 decimal digits) both operators compare.
+    pub sas: u32,
+}
+
+/// Answer to [`PairBegin`] and [`PairStep`]: the message to send the peer next (empty when
+/// there is none), and the peer once the ceremony has confirmed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairProgress {
+    pub message: Vec<u8, PAIR_MESSAGE_MAX>,
+    pub paired: Option<PairedPeer>,
+}
+
+/// Request body of [`crate::Kind::PairDecide`]: the operator compared the SAS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairDecide {
+    /// The peer and SAS the operator saw, echoed so a verdict cannot apply to another session.
+    pub peer: NodeId,
+    pub sas: u32,
+    pub admit: bool,
+}
+
+/// Answer to [`PairDecide`]: the signed NodeAdmitted record appended, when admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairDecided {
+    pub record_id: Option<Digest>,
+}

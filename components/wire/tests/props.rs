@@ -12,7 +12,7 @@
 use heapless::{String as HString, Vec as HVec};
 use ppn_wire::message::{
     AttestRequest, AttestResponse, LedgerRequest, LedgerResponse, LenderRequest, LenderResponse, NodeRequest,
-    NodeResponse,
+    NodeResponse, PairRequest, PairResponse,
 };
 use ppn_wire::stream::{self, Deframer, MAX_ENCODED_LEN};
 use ppn_wire::*;
@@ -156,7 +156,9 @@ fn revoke_target(fill: Fill) -> BoxedStrategy<RevokeTarget> {
 /// The match names every kind and has no wildcard, so a kind added to the protocol does not
 /// compile here until it has a strategy.
 fn request_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Request>> {
-    use {AttestRequest as A, LedgerRequest as Le, LenderRequest as Ln, NodeRequest as N, Request as R};
+    use {
+        AttestRequest as A, LedgerRequest as Le, LenderRequest as Ln, NodeRequest as N, PairRequest as P, Request as R,
+    };
     Some(match kind {
         Kind::Error | Kind::Unknown(_) => return None,
         Kind::NodeIdentity => Just(R::Node(N::Identity)).boxed(),
@@ -199,12 +201,24 @@ fn request_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Request>> {
                 R::Attest(A::SignReport(SignReport { vm_id, root_hash, provisioning_signature, nonce }))
             })
             .boxed(),
+        Kind::PairBegin => (u8_enum(), hstring::<PAIR_CODE_MAX>(f), byte_array())
+            .prop_map(|(role, code, wireguard_key)| R::Pair(P::Begin(PairBegin { role, code, wireguard_key })))
+            .boxed(),
+        Kind::PairStep => {
+            bytes::<PAIR_MESSAGE_MAX>(f).prop_map(|message| R::Pair(P::Step(PairStep { message }))).boxed()
+        }
+        Kind::PairDecide => (node_id(), u32s(f), any::<bool>())
+            .prop_map(|(peer, sas, admit)| R::Pair(P::Decide(PairDecide { peer, sas, admit })))
+            .boxed(),
     })
 }
 
 /// Responses of one kind (every known kind has one).
 fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
-    use {AttestResponse as A, LedgerResponse as Le, LenderResponse as Ln, NodeResponse as N, Response as R};
+    use {
+        AttestResponse as A, LedgerResponse as Le, LenderResponse as Ln, NodeResponse as N, PairResponse as P,
+        Response as R,
+    };
     Some(match kind {
         Kind::Unknown(_) => return None,
         Kind::Error => (error_code(f), hstring::<DETAIL_MAX>(f))
@@ -287,7 +301,13 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
                 Fill::Max => byte_array::<32>().prop_map(Some).boxed(),
             };
             let member = (node_id(), byte_array(), wireguard, any::<bool>(), any::<bool>()).prop_map(
-                |(node_id, signing_key, wireguard, root, trusted)| Member { node_id, signing_key, wireguard, root, trusted },
+                |(node_id, signing_key, wireguard, root, trusted)| Member {
+                    node_id,
+                    signing_key,
+                    wireguard,
+                    root,
+                    trusted,
+                },
             );
             hvec(member, f).prop_map(|members| R::Ledger(Le::Members(Members { members }))).boxed()
         }
@@ -346,6 +366,29 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
             .boxed(),
         Kind::AttestSignReport => {
             bytes::<REPORT_MAX>(f).prop_map(|cose_sign1| R::Attest(A::SignReport(Report { cose_sign1 }))).boxed()
+        }
+        Kind::PairBegin | Kind::PairStep => {
+            let peer = (node_id(), byte_array(), byte_array(), u32s(f)).prop_map(
+                |(node_id, signing_key, wireguard_key, sas)| PairedPeer { node_id, signing_key, wireguard_key, sas },
+            );
+            let paired = match f {
+                Fill::Typical => proptest::option::of(peer).boxed(),
+                Fill::Max => peer.prop_map(Some).boxed(),
+            };
+            let begin = kind == Kind::PairBegin;
+            (bytes::<PAIR_MESSAGE_MAX>(f), paired)
+                .prop_map(move |(message, paired)| {
+                    let p = PairProgress { message, paired };
+                    if begin { R::Pair(P::Begin(p)) } else { R::Pair(P::Step(p)) }
+                })
+                .boxed()
+        }
+        Kind::PairDecide => {
+            let record_id = match f {
+                Fill::Typical => proptest::option::of(byte_array::<32>()).boxed(),
+                Fill::Max => byte_array::<32>().prop_map(Some).boxed(),
+            };
+            record_id.prop_map(|record_id| R::Pair(P::Decide(PairDecided { record_id }))).boxed()
         }
     })
 }
@@ -439,6 +482,10 @@ const MAX_BODY: &[(Kind, Option<usize>, usize)] = &[
     (Kind::LenderRelease, Some(10), 5 + 1),
     (Kind::AttestSignRootHash, Some(32 + 10), 32 + 64),
     (Kind::AttestSignReport, Some(10 + 32 + 64 + 1 + NONCE_MAX), 2 + REPORT_MAX),
+    // role, code, WireGuard key / message, Some(node id, signing key, WireGuard key, sas).
+    (Kind::PairBegin, Some(1 + 1 + PAIR_CODE_MAX + 32), 2 + PAIR_MESSAGE_MAX + 1 + 8 + 32 + 32 + 5),
+    (Kind::PairStep, Some(2 + PAIR_MESSAGE_MAX), 2 + PAIR_MESSAGE_MAX + 1 + 8 + 32 + 32 + 5),
+    (Kind::PairDecide, Some(8 + 5 + 1), 1 + 32),
 ];
 
 fn max_body(kind: Kind, response: bool) -> usize {
@@ -812,6 +859,9 @@ fn wire_numbers_and_golden_frames_are_pinned() {
             (0x0304, "LenderRelease"),
             (0x0401, "AttestSignRootHash"),
             (0x0402, "AttestSignReport"),
+            (0x0501, "PairBegin"),
+            (0x0502, "PairStep"),
+            (0x0503, "PairDecide"),
         ]
     );
     use ErrorCode as E;

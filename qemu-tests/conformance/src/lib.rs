@@ -10,7 +10,7 @@
 
 use ppn_tcb_client::ClientError;
 use ppn_tcb_client::blocking::Client;
-use ppn_wire::message::{AttestRequest, LedgerRequest, LenderRequest, NodeRequest, NodeResponse};
+use ppn_wire::message::{AttestRequest, LedgerRequest, LenderRequest, NodeRequest, NodeResponse, PairRequest};
 use ppn_wire::service::*;
 use ppn_wire::stream::{self, Deframer, MAX_ENCODED_LEN};
 use ppn_wire::{ByteArray, ErrorCode, Header, Kind, MAX_BODY_LEN, MAX_FRAME_LEN, Request, Response};
@@ -120,6 +120,7 @@ pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
         Request::Ledger(LedgerRequest::RecordsLacking(RecordsLacking { peer_heads: Default::default(), limit: 1 })),
         Request::Ledger(LedgerRequest::Summary),
         Request::Ledger(LedgerRequest::Roots),
+        Request::Ledger(LedgerRequest::Members),
         Request::Lender(LenderRequest::PoolStatus),
         Request::Lender(LenderRequest::Reserve(Reserve { borrower: peer, blocks: 1, expires_unix_s: 1 })),
         Request::Lender(LenderRequest::CommitLease(CommitLease { reservation_id: 1 })),
@@ -131,10 +132,23 @@ pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
             provisioning_signature: ByteArray([3; 64]),
             nonce: Default::default(),
         })),
+        // A code that does not parse: refused before any session starts.
+        Request::Pair(PairRequest::Begin(PairBegin {
+            role: PairRole::Responder,
+            code: "not a code".try_into().unwrap_or_default(),
+            wireguard_key: ByteArray([4; 32]),
+        })),
+        Request::Pair(PairRequest::Step(PairStep { message: Default::default() })),
+        Request::Pair(PairRequest::Decide(PairDecide { peer, sas: 0, admit: false })),
     ];
+    // Every kind but the error frame, so a kind added to the protocol fails here until covered.
+    if requests.len() != Kind::ALL.len() - 1 {
+        return Err(format!("the check sends {} kinds, the protocol has {}", requests.len(), Kind::ALL.len() - 1));
+    }
     let (mut served, mut not_implemented) = (0, 0);
     for req in &requests {
-        let landed = matches!(req.service(), ppn_wire::Service::Node | ppn_wire::Service::Ledger);
+        let landed =
+            matches!(req.service(), ppn_wire::Service::Node | ppn_wire::Service::Ledger | ppn_wire::Service::Pair);
         match c.call(req) {
             Ok(r) if r.kind() == req.kind() => served += 1,
             Ok(r) => return Err(format!("{:?} answered with {:?}", req.kind(), r.kind())),

@@ -32,6 +32,15 @@ pub enum OpenError {
 /// What opening the state found.
 pub type OpenReport = BootReport;
 
+/// The operating system's entropy (getrandom), for pairing sessions.
+struct OsEntropy;
+
+impl ppn_tcb_core::Entropy for OsEntropy {
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), String> {
+        getrandom::fill(out).map_err(|e| e.to_string())
+    }
+}
+
 /// The hosted TCB.
 #[derive(Debug)]
 pub struct Tcb {
@@ -78,7 +87,8 @@ impl Tcb {
             env!("CARGO_PKG_VERSION"),
             |seed: &mut [u8; 32]| getrandom::fill(seed),
         )?;
-        let tcb = Self { core: booted.core, _journal: booted.node_journal, _lock: lock, started: Instant::now() };
+        let core = booted.core.with_entropy(Box::new(OsEntropy));
+        let tcb = Self { core, _journal: booted.node_journal, _lock: lock, started: Instant::now() };
         Ok((tcb, booted.report))
     }
 

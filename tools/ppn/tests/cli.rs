@@ -106,6 +106,88 @@ fn bench_tokens_reports_size_and_a_ratio() {
     }
 }
 
+/// `ppn bench tcb` with `args` after it; panics unless it succeeds. Returns stdout.
+fn bench_tcb(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ppn")).args(["bench", "tcb"]).args(args).output().expect("run ppn");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn positive_finite(v: &serde_json::Value, key: &str) -> f64 {
+    let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing from {v}"));
+    assert!(x.is_finite() && x > 0.0, "{key} in {v}");
+    x
+}
+
+#[test]
+fn bench_tcb_times_round_trips_to_a_hosted_tcb() {
+    let tcb = HostedTcb::start();
+    let out = bench_tcb(&[
+        "--socket".as_ref(),
+        tcb.socket.as_os_str(),
+        "--requests".as_ref(),
+        "50".as_ref(),
+        "--json".as_ref(),
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    assert_eq!(v["backend"], "hosted");
+    assert_eq!(v["requests"], 50);
+    assert_eq!(v["socket"], tcb.socket.to_str().unwrap());
+    for p in ["verify_us", "issue_us"] {
+        let p50 = positive_finite(&v, &format!("{p}_p50"));
+        assert!(positive_finite(&v, &format!("{p}_p99")) >= p50, "{v}");
+    }
+    // The promised keys come first, in the promised order.
+    assert!(lines[0].starts_with(r#"{"backend":"hosted","requests":50,"verify_us_p50":"#), "{out}");
+}
+
+#[test]
+fn bench_tcb_compares_two_backends_in_one_run() {
+    let a = HostedTcb::start();
+    let b = HostedTcb::start();
+    let two = |json: bool| {
+        let mut args = vec![
+            "--socket".as_ref(),
+            a.socket.as_os_str(),
+            "--socket".as_ref(),
+            b.socket.as_os_str(),
+            "--requests".as_ref(),
+            "20".as_ref(),
+        ];
+        if json {
+            args.push("--json".as_ref());
+        }
+        bench_tcb(&args)
+    };
+    let out = two(true);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0]["socket"], a.socket.to_str().unwrap());
+    assert_eq!(lines[1]["socket"], b.socket.to_str().unwrap());
+    assert_eq!(lines[1]["requests"], 20);
+    positive_finite(&lines[2], "ratio_verify");
+    positive_finite(&lines[2], "ratio_issue");
+    assert_eq!(lines[2]["baseline"], a.socket.to_str().unwrap());
+
+    let text = two(false);
+    assert!(text.lines().next().is_some_and(|l| l.contains("verify p50 us") && l.contains("issue p50 us")), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains(" hosted ")).count(), 3, "{text}");
+    assert!(text.contains(&format!("p50 ratios to {} (hosted):", a.socket.display())), "{text}");
+}
+
+#[test]
+fn bench_tcb_on_a_missing_socket_names_it_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nobody-here.sock");
+    let out = ppn(&["bench".as_ref(), "tcb".as_ref(), "--socket".as_ref(), sock.as_os_str(), "--json".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(sock.to_str().unwrap()) && err.contains("TCB connection"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn ledger_sync_pulls_a_revocation_into_a_node_that_trusts_the_author() {
     let mut a = HostedTcb::start();

@@ -22,7 +22,7 @@ fn the_real_sdf_passes_with_a_one_line_summary() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(text.contains("qemu_virt_aarch64.system: ok: 2 protection domains, 8 memory regions"), "{text}");
+    assert!(text.contains("qemu_virt_aarch64.system: ok: 2 protection domains, 9 memory regions"), "{text}");
     assert!(text.contains("1 channel, 3 interrupts, 3 setvars match ppn-layout"), "{text}");
     assert!(out.stderr.is_empty());
 

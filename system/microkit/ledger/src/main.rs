@@ -57,15 +57,34 @@ const BLK_IRQ: Channel = Channel::new(lay::BLK_IRQ as usize);
 type SharedDisk = Rc<RefCell<disk::Disk>>;
 type Storage = BlockStorage<SharedDisk>;
 
-/// Reads 32 bytes from the virtio-rng device (first boot only).
-fn entropy(seed: &mut [u8; 32]) -> Result<(), rng::RngError> {
+/// Brings up the virtio-rng device. Each call resets the device and takes over its queue, so
+/// only one driver exists at a time: the first boot's seed is read through one that is then
+/// dropped, and the pairing service owns the next.
+fn open_rng() -> Result<rng::Rng, rng::RngError> {
     // SAFETY: Microkit patched the symbol before the PD started; nothing writes it afterwards.
     let paddr = unsafe { core::ptr::read_volatile(&raw const ppn_rng_dma_paddr) };
     // SAFETY: RNG_REGS_VADDR and RNG_DMA_VADDR are this PD's mappings of the rng registers and
     // its one-page DMA region (ppn-layout, checked against the SDF by `ppn sdf check`); the
-    // region's physical address is the patched symbol; this is the only driver made over them.
-    let mut rng = unsafe { rng::Rng::new(lay::RNG_REGS_VADDR, lay::RNG_DMA_VADDR, paddr) }?;
-    rng.fill(&mut seed[..])
+    // region's physical address is the patched symbol; the previous driver, if any, is gone.
+    unsafe { rng::Rng::new(lay::RNG_REGS_VADDR, lay::RNG_DMA_VADDR, paddr) }
+}
+
+/// Reads 32 bytes from the virtio-rng device (first boot only).
+fn entropy(seed: &mut [u8; 32]) -> Result<(), rng::RngError> {
+    open_rng()?.fill(&mut seed[..])
+}
+
+/// The virtio-rng device as the pairing service's entropy source.
+struct RngEntropy(rng::Rng);
+
+// SAFETY: a protection domain runs one thread; the driver's raw register and DMA pointers are
+// only ever used from it.
+unsafe impl Send for RngEntropy {}
+
+impl ppn_tcb_core::Entropy for RngEntropy {
+    fn fill(&mut self, out: &mut [u8]) -> Result<(), alloc::string::String> {
+        self.0.fill(out).map_err(|e| alloc::format!("virtio-rng: {e:?}"))
+    }
 }
 
 #[protection_domain]
@@ -110,8 +129,15 @@ fn init() -> LedgerPd {
         r.ledger.truncated_bytes,
         clock.now_unix_s(),
     );
+    let core = match open_rng() {
+        Ok(rng) => booted.core.with_entropy(alloc::boxed::Box::new(RngEntropy(rng))),
+        Err(e) => {
+            debug_println!("ledger: no entropy source for pairing ({e:?}); pairing is refused");
+            booted.core
+        }
+    };
     LedgerPd {
-        core: booted.core,
+        core,
         _node_journal: booted.node_journal,
         clock,
         // SAFETY: REQUEST_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
