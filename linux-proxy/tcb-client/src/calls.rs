@@ -7,7 +7,9 @@
 //! heads) are refused here, before anything is sent, with [`ClientError::TooLarge`].
 
 use crate::ClientError;
-use ppn_wire::message::{LedgerRequest, LedgerResponse as L, NodeRequest, NodeResponse as N};
+use ppn_wire::message::{
+    LedgerRequest, LedgerResponse as L, NodeRequest, NodeResponse as N, PairRequest, PairResponse as P,
+};
 use ppn_wire::service::*;
 use ppn_wire::{Request, Response};
 
@@ -40,6 +42,10 @@ fn node<T>(request: NodeRequest, unpack: fn(Response) -> Option<T>) -> TypedCall
 
 fn ledger<T>(request: LedgerRequest, unpack: fn(Response) -> Option<T>) -> TypedCall<T> {
     TypedCall { request: Box::new(Request::Ledger(request)), unpack }
+}
+
+fn pair<T>(request: PairRequest, unpack: fn(Response) -> Option<T>) -> TypedCall<T> {
+    TypedCall { request: Box::new(Request::Pair(request)), unpack }
 }
 
 fn too_large(what: &'static str, len: usize, max: usize) -> ClientError {
@@ -128,6 +134,30 @@ pub fn ledger_summary() -> TypedCall<LedgerSummary> {
 /// admission record.
 pub fn ledger_roots() -> TypedCall<Vec<PublicKey>> {
     ledger(LedgerRequest::Roots, |r| if let Response::Ledger(L::Roots(x)) = r { Some(x.keys.to_vec()) } else { None })
+}
+
+/// Starts a pairing session in the TCB (`code` as the operator typed it).
+pub fn pair_begin(role: PairRole, code: &str, wireguard_key: [u8; 32]) -> Result<TypedCall<PairProgress>, ClientError> {
+    let code = code.try_into().map_err(|_| too_large("pairing code characters", code.len(), PAIR_CODE_MAX))?;
+    let b = PairBegin { role, code, wireguard_key: ppn_wire::ByteArray(wireguard_key) };
+    Ok(pair(PairRequest::Begin(b), |r| if let Response::Pair(P::Begin(x)) = r { Some(x) } else { None }))
+}
+
+/// Hands the TCB's pairing session the peer's message.
+pub fn pair_step(message: &[u8]) -> Result<TypedCall<PairProgress>, ClientError> {
+    let message =
+        message.try_into().map_err(|_| too_large("pairing message bytes", message.len(), PAIR_MESSAGE_MAX))?;
+    Ok(pair(
+        PairRequest::Step(PairStep { message }),
+        |r| if let Response::Pair(P::Step(x)) = r { Some(x) } else { None },
+    ))
+}
+
+/// The operator's verdict on the paired peer.
+pub fn pair_decide(peer: NodeId, sas: u32, admit: bool) -> TypedCall<PairDecided> {
+    pair(PairRequest::Decide(PairDecide { peer, sas, admit }), |r| {
+        if let Response::Pair(P::Decide(x)) = r { Some(x) } else { None }
+    })
 }
 
 pub fn ledger_members() -> TypedCall<Vec<Member>> {

@@ -248,6 +248,26 @@ impl TcbClient {
         self.run(calls::ledger_roots()).await
     }
 
+    /// Starts a pairing session (see `ppn pair`).
+    pub async fn pair_begin(
+        &self,
+        role: PairRole,
+        code: &str,
+        wireguard_key: [u8; 32],
+    ) -> Result<PairProgress, ClientError> {
+        self.run(calls::pair_begin(role, code, wireguard_key)?).await
+    }
+
+    /// Hands the pairing session the peer's message.
+    pub async fn pair_step(&self, message: &[u8]) -> Result<PairProgress, ClientError> {
+        self.run(calls::pair_step(message)?).await
+    }
+
+    /// The operator's verdict on the paired peer; the admission record's id when admitted.
+    pub async fn pair_decide(&self, peer: NodeId, sas: u32, admit: bool) -> Result<Option<Digest>, ClientError> {
+        Ok(self.run(calls::pair_decide(peer, sas, admit)).await?.record_id)
+    }
+
     /// The fleet's members: roots and admitted nodes, their keys, mesh keys and trust.
     pub async fn ledger_members(&self) -> Result<Vec<Member>, ClientError> {
         self.run(calls::ledger_members()).await

@@ -1,4 +1,4 @@
-//! `ppn`: the operator CLI of PPN Fabric. One module per noun: `tcb`, `grant`, `ledger`, `bench`.
+//! `ppn`: the operator CLI of PPN Fabric. One module per noun: `tcb`, `grant`, `ledger`, `pair`, `bench`.
 
 use clap::{Parser, Subcommand};
 use ppn_tcb_client::{ClientError, TcbClient};
@@ -9,6 +9,7 @@ mod bench;
 mod grant;
 mod image;
 mod ledger;
+mod pair;
 mod sdf;
 mod tcb;
 
@@ -37,6 +38,9 @@ enum Command {
         #[command(subcommand)]
         command: ledger::Command,
     },
+    /// Pair with another node: the CPace ceremony between the two TCBs over TCP, a six-digit
+    /// SAS the operators compare, and on "yes" each TCB admits the other.
+    Pair(pair::Args),
     /// The seL4 node image: build it (needs MICROKIT_SDK), boot it in QEMU.
     Image {
         #[command(subcommand)]
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             Command::Tcb { command } => tcb::run(command).await,
             Command::Grant { command } => grant::run(command).await,
             Command::Ledger { command } => ledger::run(command).await,
+            Command::Pair(args) => pair::run(args).await,
             Command::Bench { command } => bench::run(command),
             Command::Image { command } => image::run(command),
             Command::Sdf { command } => sdf::run(command),
