@@ -14,6 +14,7 @@
 //!
 //! The engine holds no secret and decides nothing about trust: every record goes through a TCB.
 
+use crate::membership::{self, Effects, Swim, SwimId};
 use crate::msg::{self, Advert, Message};
 use ppn_tcb_client::{ClientError, TcbClient, sync};
 use ppn_wire::service::{Digest, HAVE_MAX, IngestOutcome, NodeId, RECORDS_PER_FRAME};
@@ -80,6 +81,8 @@ pub struct Counters {
 pub struct PeerView {
     pub advert: Option<Advert>,
     pub last_heard: Option<Instant>,
+    /// SWIM says the peer is up (alive or suspect, not yet declared down).
+    pub up: bool,
 }
 
 /// A bounded set of record ids, oldest forgotten first.
@@ -118,6 +121,9 @@ pub struct Gossip<T: Transport> {
     pull_now: Notify,
     /// The local TCB's heads when the watcher last looked.
     watched: tokio::sync::Mutex<Option<Vec<Digest>>>,
+    swim: Mutex<Swim>,
+    timers: mpsc::UnboundedSender<foca::Timer<SwimId>>,
+    timer_rx: Mutex<Option<mpsc::UnboundedReceiver<foca::Timer<SwimId>>>>,
     pub counters: Counters,
 }
 
@@ -150,6 +156,9 @@ impl<T: Transport> Gossip<T> {
             load_permille: 0,
             vms: 0,
         };
+        let swim_id = SwimId { node: me.0.0, incarnation: now_unix_ms() };
+        let swim = Swim::new(swim_id, membership::config(16, msg::MAX_SWIM), seed);
+        let (timers, timer_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             me,
             tcb,
@@ -161,6 +170,9 @@ impl<T: Transport> Gossip<T> {
             advert: Mutex::new(advert),
             pull_now: Notify::new(),
             watched: tokio::sync::Mutex::new(None),
+            swim: Mutex::new(swim),
+            timers,
+            timer_rx: Mutex::new(Some(timer_rx)),
             counters: Counters::default(),
         })
     }
@@ -170,15 +182,52 @@ impl<T: Transport> Gossip<T> {
     }
 
     /// Sets the peers (the ledger's admitted, unrevoked nodes that have a mesh peer). A node
-    /// that is no longer a peer is forgotten with its advert.
+    /// that is no longer a peer is forgotten with its advert; a new one is introduced to SWIM.
     pub fn set_peers(&self, ids: impl IntoIterator<Item = NodeId>) {
+        let mut fx = Effects::default();
+        {
+            let mut peers = lock(&self.peers);
+            let new: BTreeMap<NodeId, PeerView> = ids
+                .into_iter()
+                .filter(|id| *id != self.me)
+                .map(|id| (id, peers.get(&id).cloned().unwrap_or_default()))
+                .collect();
+            let mut swim = lock(&self.swim);
+            for id in new.keys().filter(|id| !peers.contains_key(id)) {
+                swim.announce(*id, &mut fx);
+            }
+            *peers = new;
+        }
+        self.apply(fx);
+    }
+
+    /// Carries out what a SWIM step asked for: packets to peers, timers, up/down changes.
+    fn apply(&self, fx: Effects) {
         let mut peers = lock(&self.peers);
-        let new: BTreeMap<NodeId, PeerView> = ids
-            .into_iter()
-            .filter(|id| *id != self.me)
-            .map(|id| (id, peers.get(&id).cloned().unwrap_or_default()))
-            .collect();
-        *peers = new;
+        for (to, packet) in fx.send {
+            if peers.contains_key(&to.node_id())
+                && let Some(d) = msg::encode_swim(&packet)
+            {
+                self.transport.send(to.node_id(), d);
+            }
+        }
+        for (timer, after) in fx.timers {
+            let tx = self.timers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(timer);
+            });
+        }
+        for id in fx.up {
+            if let Some(v) = peers.get_mut(&id) {
+                v.up = true;
+            }
+        }
+        for id in fx.down {
+            if let Some(v) = peers.get_mut(&id) {
+                v.up = false;
+            }
+        }
     }
 
     /// The peers and what is known of them.
@@ -239,6 +288,11 @@ impl<T: Transport> Gossip<T> {
                 if a.node_id == from && view.advert.is_none_or(|old| a.sequence > old.sequence) {
                     view.advert = Some(a);
                 }
+            }
+            Ok(Message::Swim(packet)) => {
+                let mut fx = Effects::default();
+                lock(&self.swim).handle(packet, &mut fx);
+                self.apply(fx);
             }
             Ok(Message::Unknown(_)) => {}
             Err(_) => {
@@ -414,8 +468,19 @@ impl<T: Transport> Gossip<T> {
                 }
             })
         };
-        while let Some((from, bytes)) = inbound.recv().await {
-            self.on_datagram(from, &bytes).await;
+        let mut timer_rx = lock(&self.timer_rx).take();
+        loop {
+            tokio::select! {
+                d = inbound.recv() => match d {
+                    Some((from, bytes)) => self.on_datagram(from, &bytes).await,
+                    None => break,
+                },
+                Some(t) = async { match timer_rx.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    let mut fx = Effects::default();
+                    lock(&self.swim).timer(t, &mut fx);
+                    self.apply(fx);
+                }
+            }
         }
         watcher.abort();
         entropy.abort();

@@ -4,7 +4,7 @@
 //! offset size field
 //!  0      4   magic    b"PPNG"
 //!  4      1   version  1
-//!  5      1   type     1 records, 2 advert (others: Unknown, ignored)
+//!  5      1   type     1 records, 2 advert, 3 SWIM (others: Unknown, ignored)
 //!  6      2   length   body bytes (little-endian), the rest of the datagram exactly
 //!  8      n   body
 //! ```
@@ -19,6 +19,9 @@
 //! CPU load in permille (u16), running VMs (u16), 8 reserved bytes (zero). A receiver takes an advert only from the peer
 //! whose tunnel it came through (the node id must match), and keeps the one with the highest
 //! sequence.
+//!
+//! SWIM body: one packet of the membership protocol (`foca`'s postcard encoding), at most
+//! `MAX_DATAGRAM - HEADER_LEN` bytes, decoded by foca itself.
 //!
 //! Every decoder checks lengths before it reads; nothing here panics on any input.
 
@@ -37,6 +40,9 @@ pub const ADVERT_LEN: usize = 48;
 
 const TYPE_RECORDS: u8 = 1;
 const TYPE_ADVERT: u8 = 2;
+const TYPE_SWIM: u8 = 3;
+/// Largest SWIM packet a datagram carries.
+pub const MAX_SWIM: usize = MAX_DATAGRAM - HEADER_LEN;
 
 /// Why a datagram was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +84,8 @@ pub struct Advert {
 pub enum Message<'a> {
     Records(Vec<&'a [u8]>),
     Advert(Advert),
+    /// A membership (SWIM) packet, for foca.
+    Swim(&'a [u8]),
     /// A type this build does not know; ignored, so newer peers can add types.
     Unknown(u8),
 }
@@ -102,6 +110,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, MsgError> {
     match header[5] {
         TYPE_RECORDS => decode_records(body).map(Message::Records),
         TYPE_ADVERT => decode_advert(body).map(Message::Advert),
+        TYPE_SWIM => Ok(Message::Swim(body)),
         other => Ok(Message::Unknown(other)),
     }
 }
@@ -176,6 +185,11 @@ pub fn encode_advert(a: &Advert) -> Vec<u8> {
     frame(TYPE_ADVERT, &body)
 }
 
+/// Encodes a SWIM datagram; `None` if the packet is over [`MAX_SWIM`] bytes.
+pub fn encode_swim(packet: &[u8]) -> Option<Vec<u8>> {
+    (packet.len() <= MAX_SWIM).then(|| frame(TYPE_SWIM, packet))
+}
+
 /// Packs records into as few datagrams as fit [`MAX_DATAGRAM`] (at most 255 records each).
 /// Records longer than `RECORD_MAX` or empty are left out and counted in the second value.
 pub fn encode_records<R: AsRef<[u8]>>(records: &[R]) -> (Vec<Vec<u8>>, usize) {
@@ -216,6 +230,7 @@ pub fn fuzz_decode(bytes: &[u8]) {
             let again = encode_advert(&a);
             assert_eq!(again[..HEADER_LEN + 40], bytes[..HEADER_LEN + 40]);
         }
+        Ok(Message::Swim(packet)) => assert_eq!(encode_swim(packet).as_deref(), Some(bytes)),
         Ok(Message::Unknown(_)) | Err(_) => {}
     }
 }

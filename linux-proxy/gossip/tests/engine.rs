@@ -303,3 +303,24 @@ async fn the_relay_answers_reads_and_refuses_everything_else() {
     let stats = server.await.unwrap().unwrap();
     assert_eq!((stats.relayed, stats.refused), (3, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swim_sees_every_peer_up_then_a_silent_one_down() {
+    let net = Arc::new(Net::default());
+    let nodes = fleet(3, quiet_entropy(), &net).await;
+    let up = |n: &Node, id: NodeId| n.gossip.peers().get(&id).is_some_and(|v| v.up);
+    let took = until("every peer up everywhere", Duration::from_secs(10), async || {
+        nodes.iter().all(|n| nodes.iter().filter(|m| m.id != n.id).all(|m| up(n, m.id)))
+    })
+    .await;
+    eprintln!("all up after {took:?}");
+    // Node 2 goes silent: nothing reaches it any more, so it answers no probe.
+    let dead = nodes[2].id;
+    net.inboxes.lock().unwrap().remove(&dead);
+    let took = until("the silent node down at the others", Duration::from_secs(15), async || {
+        !up(&nodes[0], dead) && !up(&nodes[1], dead)
+    })
+    .await;
+    eprintln!("down after {took:?}");
+    assert!(up(&nodes[0], nodes[1].id) && up(&nodes[1], nodes[0].id), "the live nodes still see each other");
+}
