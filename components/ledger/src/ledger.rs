@@ -23,6 +23,8 @@ pub mod entry {
     pub const RECORD: u8 = 1;
     /// Grant sequence numbers below this (u64 LE) may have been issued.
     pub const SEQUENCE_RESERVED: u8 = 2;
+    /// A key added to the fleet root set by pairing (`Ledger::add_root`): 32 bytes.
+    pub const ROOT: u8 = 3;
 }
 
 /// Records waiting for parents, at most this many; the oldest is dropped for a new one.
@@ -179,6 +181,13 @@ impl<S: Storage> Ledger<S> {
                     b.copy_from_slice(&payload);
                     ledger.reserved_sequence = ledger.reserved_sequence.max(u64::from_le_bytes(b));
                 }
+                entry::ROOT if payload.len() == 32 => {
+                    let mut key = [0u8; 32];
+                    key.copy_from_slice(&payload);
+                    if !ledger.insert_root(&key) {
+                        report.rejected += 1;
+                    }
+                }
                 _ => report.rejected += 1,
             }
         }
@@ -193,6 +202,36 @@ impl<S: Storage> Ledger<S> {
 
     pub fn roots(&self) -> &Roots {
         &self.roots
+    }
+
+    /// Adds `key`'s node to the fleet root set, durably (a `ROOT` journal entry, replayed at
+    /// open): what the operator's approval of a pairing does, so that the two paired TCBs accept
+    /// each other's records from then on. `Ok(false)` if it was a root already.
+    ///
+    /// Roots are this replica's own configuration, like `--roots FILE`: another replica accepts
+    /// this node's records about the new root only through admission records (docs/ledger.md).
+    pub fn add_root(&mut self, key: &[u8; 32]) -> Result<bool, Refusal> {
+        if VerifyingKey::from_bytes(key).is_err() {
+            return Err(refuse(ErrorCode::Rejected, "not a valid Ed25519 public key"));
+        }
+        if self.roots.get(&node_id_of(key)).is_some() {
+            return Ok(false);
+        }
+        self.journal.append(entry::ROOT, key, &mut self.scratch).map_err(|_| STORAGE)?;
+        Ok(self.insert_root(key))
+    }
+
+    /// Puts `key` in the root set in memory. A node id that an accepted admission gave another
+    /// key is revoked, as when the admission comes second.
+    fn insert_root(&mut self, key: &[u8; 32]) -> bool {
+        let node = node_id_of(key);
+        if !Arc::make_mut(&mut self.roots).add(key) {
+            return false;
+        }
+        if self.admitted.get(&node).is_some_and(|a| a.key.as_bytes() != key) {
+            self.revocations.revoke_node(node);
+        }
+        true
     }
 
     pub fn dag(&self) -> &Dag {
@@ -399,12 +438,25 @@ impl<S: Storage> Ledger<S> {
 
     /// Authors, signs and accepts a record naming the current heads as parents.
     pub fn author(&mut self, body: Body, now_unix_s: u64) -> Result<RecordId, Refusal> {
+        self.author_with(body, now_unix_s, true)
+    }
+
+    /// Signs a record with no parents. Pairing uses it for the first admission of a new peer, so
+    /// that the peer's TCB, which holds none of this node's history yet, can accept it at once
+    /// and sign its own admission on top of it. A parentless record is concurrent with every
+    /// other: if this node is revoked, it is void like any record that does not precede the
+    /// revocation.
+    pub fn author_detached(&mut self, body: Body, now_unix_s: u64) -> Result<RecordId, Refusal> {
+        self.author_with(body, now_unix_s, false)
+    }
+
+    fn author_with(&mut self, body: Body, now_unix_s: u64, on_heads: bool) -> Result<RecordId, Refusal> {
         // With more than MAX_PARENTS heads the parents may not include this node's own
         // revocation; refuse on what this node knows, not only on what the record names.
         if self.revocations.node_revoked(&self.node_id) {
             return Err(refuse(ErrorCode::Rejected, "this node has been revoked"));
         }
-        let mut heads: Vec<RecordId> = self.dag.heads().copied().collect();
+        let mut heads: Vec<RecordId> = if on_heads { self.dag.heads().copied().collect() } else { Vec::new() };
         if heads.len() > MAX_PARENTS {
             heads.sort_by_key(|h| core::cmp::Reverse((self.dag.height(h), *h)));
             heads.truncate(MAX_PARENTS);

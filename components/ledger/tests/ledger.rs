@@ -367,3 +367,23 @@ fn members_list_roots_and_admitted_nodes_with_their_mesh_keys_and_trust() {
     }
     assert_eq!(b.members(), a.members());
 }
+
+#[test]
+fn a_root_added_by_pairing_is_journaled_and_survives_a_reopen() {
+    let r = roots(&[1]);
+    let mut a = ledger(1, &r);
+    let peer = keys(8);
+    // Before: the peer's records are from an unknown author.
+    let rec = Record::sign(peer.signing_key(), peer.node_id(), NOW, &[], Body::NodeRevoked { node: other() });
+    assert_eq!(a.ingest(&rec.bytes).unwrap(), IngestOutcome::UnknownAuthor);
+    assert!(a.add_root(&peer.signing_public()).unwrap());
+    assert!(!a.add_root(&peer.signing_public()).unwrap(), "already a root");
+    let not_a_point = (0u8..=255).map(|i| [i; 32]).find(|k| !Roots::default().add(k)).unwrap();
+    assert!(a.add_root(&not_a_point).is_err(), "not a point");
+    assert_eq!(a.ingest(&rec.bytes).unwrap(), IngestOutcome::Accepted);
+    let bytes = a.journal_storage().bytes.clone();
+    let (b, report) = Ledger::open(keys(1), Arc::clone(&r), MemStorage { bytes }).unwrap();
+    assert_eq!((report.records, report.rejected), (1, 0), "the root is back before the record it admits");
+    assert!(b.roots().get(&peer.node_id()).is_some() && b.is_trusted(&peer.node_id()));
+    assert!(b.revocations().node_revoked(&other()));
+}

@@ -2,15 +2,16 @@
 //! messages (`ppn pair`). The CPace scalar, the session key and the pairwise secret never leave
 //! this module; the proxy sees only the messages it relays, the peer's public identity and the
 //! SAS. Nothing reaches the ledger until the operator, having compared the SAS on both nodes,
-//! says so with `PairDecide`; then this node authors a NodeAdmitted record for the peer.
+//! says so with `PairDecide`; then this node adds the peer to its root set (durably) and authors
+//! a NodeAdmitted record for it.
 
 use alloc::format;
 use alloc::string::String;
 use ppn_journal::Storage;
-use ppn_ledger::{Body, Ledger};
+use ppn_ledger::{Body, Ledger, Record};
 use ppn_pairing::{Code, Identity, Initiator, PairError, Paired, Phase, RANDOM_LEN, Responder};
 use ppn_wire::service::{
-    PAIR_MESSAGE_MAX, PairBegin, PairDecide, PairDecided, PairProgress, PairRole, PairStep, PairedPeer,
+    IngestOutcome, PAIR_MESSAGE_MAX, PairBegin, PairDecide, PairDecided, PairProgress, PairRole, PairStep, PairedPeer,
 };
 use ppn_wire::{ByteArray, ErrorCode, NodeId};
 
@@ -171,10 +172,35 @@ impl Pairing {
         let peer = peer.clone();
         self.state = State::Idle;
         if !d.admit {
-            return Ok(PairDecided { record_id: None });
+            return Ok(PairDecided { record_id: None, record: heapless::Vec::new() });
+        }
+        if !d.peer_record.is_empty() {
+            match Record::decode(&d.peer_record) {
+                Ok(r) if r.author == peer.node_id => {}
+                _ => return Err(refused(ErrorCode::Rejected, "the peer record is not a record signed by the peer")),
+            }
+        }
+        // The peer becomes a root of this replica (so the two accept each other's records from
+        // now on), and an admission record tells the rest of the fleet, with its mesh key.
+        ledger.add_root(&peer.signing_key.0).map_err(|r| refused(r.code, r.detail))?;
+        if !d.peer_record.is_empty() {
+            match ledger.ingest(&d.peer_record).map_err(|r| refused(r.code, r.detail))? {
+                IngestOutcome::Accepted | IngestOutcome::Duplicate => {}
+                other => return Err(refused(ErrorCode::Rejected, format!("the peer's admission record: {other:?}"))),
+            }
         }
         let body = Body::NodeAdmitted { key: peer.signing_key.0, wireguard: peer.wireguard_key.0 };
-        let id = ledger.author(body, now_unix_s).map_err(|r| refused(r.code, r.detail))?;
-        Ok(PairDecided { record_id: Some(id) })
+        // The first to decide signs without parents, so the peer (who has none of this node's
+        // history) accepts it at once; the second signs on its heads, which then include the
+        // first's record, so its own record descends from its admission.
+        let id = if d.peer_record.is_empty() {
+            ledger.author_detached(body, now_unix_s)
+        } else {
+            ledger.author(body, now_unix_s)
+        }
+        .map_err(|r| refused(r.code, r.detail))?;
+        let record =
+            ledger.dag().get(&id).map(|r| heapless::Vec::from_slice(&r.bytes).unwrap_or_default()).unwrap_or_default();
+        Ok(PairDecided { record_id: Some(id), record })
     }
 }

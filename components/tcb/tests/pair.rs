@@ -6,7 +6,10 @@ use ppn_journal::mem::MemStorage;
 use ppn_ledger::Roots;
 use ppn_tcb_core::{Booted, Entropy, boot};
 use ppn_wire::message::{LedgerRequest, LedgerResponse, PairRequest, PairResponse};
-use ppn_wire::service::{Member, PairBegin, PairDecide, PairDecided, PairProgress, PairRole, PairStep, Platform};
+use ppn_wire::service::{
+    IngestOutcome, IngestRecords, Member, PairBegin, PairDecide, PairDecided, PairProgress, PairRole, PairStep,
+    Platform,
+};
 use ppn_wire::{ByteArray, ErrorCode, NodeId, Request, Response};
 
 const NOW: u64 = 1_800_000_000;
@@ -100,23 +103,57 @@ fn a_ceremony_admits_each_node_into_the_other_only_after_the_operators_decide() 
     assert_eq!(a.core.ledger().summary().record_count, 0);
 
     // A decision naming another SAS is refused and keeps the session.
-    let wrong = PairDecide { peer: peer_of_a.node_id, sas: (peer_of_a.sas + 1) % 1_000_000, admit: true };
+    let wrong = PairDecide {
+        peer: peer_of_a.node_id,
+        sas: (peer_of_a.sas + 1) % 1_000_000,
+        admit: true,
+        peer_record: Default::default(),
+    };
     assert_eq!(pair(&mut a, PairRequest::Decide(wrong)).unwrap_err().0, ErrorCode::Rejected);
 
-    for (t, peer) in [(&mut a, &peer_of_a), (&mut b, &peer_of_b)] {
-        let d = PairDecide { peer: peer.node_id, sas: peer.sas, admit: true };
-        let Ok(PairResponse::Decide(PairDecided { record_id: Some(_) })) = pair(t, PairRequest::Decide(d.clone()))
+    // A decides first; B takes A's record, then signs its own; A takes B's.
+    let decide = |t: &mut Tcb, peer: &ppn_wire::service::PairedPeer, theirs: &[u8]| {
+        let d = PairDecide {
+            peer: peer.node_id,
+            sas: peer.sas,
+            admit: true,
+            peer_record: heapless::Vec::from_slice(theirs).unwrap(),
+        };
+        let Ok(PairResponse::Decide(PairDecided { record_id: Some(_), record })) =
+            pair(t, PairRequest::Decide(d.clone()))
         else {
             panic!("not admitted")
         };
         // The session is over: a second decision is refused.
         assert_eq!(pair(t, PairRequest::Decide(d)).unwrap_err().0, ErrorCode::Rejected);
+        record.to_vec()
+    };
+    let record_a = decide(&mut a, &peer_of_a, &[]);
+    let record_b = decide(&mut b, &peer_of_b, &record_a);
+    let req = IngestRecords { records: [heapless::Vec::from_slice(&record_b).unwrap()].into_iter().collect() };
+    match a.core.answer(&Request::Ledger(LedgerRequest::IngestRecords(req)), 0, NOW) {
+        Response::Ledger(LedgerResponse::IngestRecords(o)) => assert_eq!(o.outcomes[..], [IngestOutcome::Accepted]),
+        other => panic!("{other:?}"),
     }
     let in_a = members(&mut a).into_iter().find(|m| m.node_id == id(&b)).unwrap();
-    assert!(in_a.trusted && !in_a.root);
+    assert!(in_a.trusted && in_a.root, "a paired peer is a root of this replica");
     assert_eq!(in_a.wireguard, Some(ByteArray([0xB2; 32])));
     let in_b = members(&mut b).into_iter().find(|m| m.node_id == id(&a)).unwrap();
     assert_eq!(in_b.wireguard, Some(ByteArray([0xA1; 32])));
+
+    // B's record descends from A's: a third node that trusts only A accepts both, in order,
+    // and so trusts B.
+    let a_key = a.core.node().signing_public();
+    let mut roots_c = Roots::default();
+    assert!(roots_c.add(&a_key));
+    let keys_c = ppn_node_core::NodeKeys::from_seed(&[0xC; 32]);
+    let (mut ledger_c, _) =
+        ppn_ledger::Ledger::open(keys_c, std::sync::Arc::new(roots_c), MemStorage::default()).unwrap();
+    assert_eq!(ledger_c.ingest(&record_a).unwrap(), IngestOutcome::Accepted);
+    assert_eq!(ledger_c.ingest(&record_b).unwrap(), IngestOutcome::Accepted);
+    assert!(ledger_c.is_trusted(&id(&b)));
+    assert_eq!(a.core.ledger().summary().record_count, 2);
+    assert_eq!(b.core.ledger().summary().record_count, 2);
 }
 
 #[test]
@@ -132,7 +169,7 @@ fn a_wrong_code_fails_on_both_sides_and_writes_nothing() {
     assert_eq!(step(&mut a, &reply.message).unwrap_err().0, ErrorCode::Rejected);
     for t in [&mut a, &mut b] {
         assert_eq!(t.core.ledger().summary().record_count, 0);
-        let d = PairDecide { peer: NodeId(ByteArray([0; 8])), sas: 0, admit: true };
+        let d = PairDecide { peer: NodeId(ByteArray([0; 8])), sas: 0, admit: true, peer_record: Default::default() };
         assert_eq!(pair(t, PairRequest::Decide(d)).unwrap_err().0, ErrorCode::Rejected);
     }
 }

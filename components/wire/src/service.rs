@@ -532,10 +532,16 @@ pub struct PairDecide {
     pub peer: NodeId,
     pub sas: u32,
     pub admit: bool,
+    /// The peer's own admission record of this node, when the peer decided first (empty
+    /// otherwise): ingested before this node signs its own, so that this node's record descends
+    /// from its admission and the whole fleet accepts it.
+    pub peer_record: Record,
 }
 
-/// Answer to [`PairDecide`]: the signed NodeAdmitted record appended, when admitted.
+/// Answer to [`PairDecide`]: the NodeAdmitted record this node signed, when admitted (its id
+/// and bytes, for the peer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairDecided {
     pub record_id: Option<Digest>,
+    pub record: Record,
 }

@@ -207,8 +207,10 @@ fn request_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Request>> {
         Kind::PairStep => {
             bytes::<PAIR_MESSAGE_MAX>(f).prop_map(|message| R::Pair(P::Step(PairStep { message }))).boxed()
         }
-        Kind::PairDecide => (node_id(), u32s(f), any::<bool>())
-            .prop_map(|(peer, sas, admit)| R::Pair(P::Decide(PairDecide { peer, sas, admit })))
+        Kind::PairDecide => (node_id(), u32s(f), any::<bool>(), bytes::<RECORD_MAX>(f))
+            .prop_map(|(peer, sas, admit, peer_record)| {
+                R::Pair(P::Decide(PairDecide { peer, sas, admit, peer_record }))
+            })
             .boxed(),
     })
 }
@@ -388,7 +390,9 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
                 Fill::Typical => proptest::option::of(byte_array::<32>()).boxed(),
                 Fill::Max => byte_array::<32>().prop_map(Some).boxed(),
             };
-            record_id.prop_map(|record_id| R::Pair(P::Decide(PairDecided { record_id }))).boxed()
+            (record_id, bytes::<RECORD_MAX>(f))
+                .prop_map(|(record_id, record)| R::Pair(P::Decide(PairDecided { record_id, record })))
+                .boxed()
         }
     })
 }
@@ -485,7 +489,7 @@ const MAX_BODY: &[(Kind, Option<usize>, usize)] = &[
     // role, code, WireGuard key / message, Some(node id, signing key, WireGuard key, sas).
     (Kind::PairBegin, Some(1 + 1 + PAIR_CODE_MAX + 32), 2 + PAIR_MESSAGE_MAX + 1 + 8 + 32 + 32 + 5),
     (Kind::PairStep, Some(2 + PAIR_MESSAGE_MAX), 2 + PAIR_MESSAGE_MAX + 1 + 8 + 32 + 32 + 5),
-    (Kind::PairDecide, Some(8 + 5 + 1), 1 + 32),
+    (Kind::PairDecide, Some(8 + 5 + 1 + 2 + RECORD_MAX), 1 + 32 + 2 + RECORD_MAX),
 ];
 
 fn max_body(kind: Kind, response: bool) -> usize {

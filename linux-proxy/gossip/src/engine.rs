@@ -122,6 +122,7 @@ pub struct Gossip<T: Transport> {
     /// The local TCB's heads when the watcher last looked.
     watched: tokio::sync::Mutex<Option<Vec<Digest>>>,
     swim: Mutex<Swim>,
+    changed: Arc<Notify>,
     timers: mpsc::UnboundedSender<foca::Timer<SwimId>>,
     timer_rx: Mutex<Option<mpsc::UnboundedReceiver<foca::Timer<SwimId>>>>,
     pub counters: Counters,
@@ -171,6 +172,7 @@ impl<T: Transport> Gossip<T> {
             pull_now: Notify::new(),
             watched: tokio::sync::Mutex::new(None),
             swim: Mutex::new(swim),
+            changed: Arc::new(Notify::new()),
             timers,
             timer_rx: Mutex::new(Some(timer_rx)),
             counters: Counters::default(),
@@ -179,6 +181,13 @@ impl<T: Transport> Gossip<T> {
 
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// Notified whenever the watcher sees the local TCB's heads move (a new record, whoever
+    /// wrote it): the node daemon re-reads the members then, so a revocation drops its peer at
+    /// once.
+    pub fn ledger_changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
     }
 
     /// Sets the peers (the ledger's admitted, unrevoked nodes that have a mesh peer). A node
@@ -203,7 +212,7 @@ impl<T: Transport> Gossip<T> {
 
     /// Carries out what a SWIM step asked for: packets to peers, timers, up/down changes.
     fn apply(&self, fx: Effects) {
-        let mut peers = lock(&self.peers);
+        let peers = lock(&self.peers);
         for (to, packet) in fx.send {
             if peers.contains_key(&to.node_id())
                 && let Some(d) = msg::encode_swim(&packet)
@@ -218,21 +227,17 @@ impl<T: Transport> Gossip<T> {
                 let _ = tx.send(timer);
             });
         }
-        for id in fx.up {
-            if let Some(v) = peers.get_mut(&id) {
-                v.up = true;
-            }
-        }
-        for id in fx.down {
-            if let Some(v) = peers.get_mut(&id) {
-                v.up = false;
-            }
-        }
     }
 
-    /// The peers and what is known of them.
+    /// The peers and what is known of them; `up` is SWIM's view now.
     pub fn peers(&self) -> BTreeMap<NodeId, PeerView> {
-        lock(&self.peers).clone()
+        let mut peers = lock(&self.peers).clone();
+        let ids: std::collections::BTreeSet<NodeId> = peers.keys().copied().collect();
+        let up = lock(&self.swim).up(&ids);
+        for (id, v) in peers.iter_mut() {
+            v.up = up.contains(id);
+        }
+        peers
     }
 
     /// Sets the figures of this node's next adverts (the node id and sequence are the engine's).
@@ -383,6 +388,9 @@ impl<T: Transport> Gossip<T> {
             return Ok(());
         };
         let now = self.watch_step(last).await?;
+        if now != *last {
+            self.changed.notify_one();
+        }
         *watched = Some(now);
         Ok(())
     }

@@ -153,11 +153,18 @@ pub fn pair_step(message: &[u8]) -> Result<TypedCall<PairProgress>, ClientError>
     ))
 }
 
-/// The operator's verdict on the paired peer.
-pub fn pair_decide(peer: NodeId, sas: u32, admit: bool) -> TypedCall<PairDecided> {
-    pair(PairRequest::Decide(PairDecide { peer, sas, admit }), |r| {
+/// The operator's verdict on the paired peer, with the peer's own admission record of this
+/// node when the peer decided first (empty otherwise).
+pub fn pair_decide(
+    peer: NodeId,
+    sas: u32,
+    admit: bool,
+    peer_record: &[u8],
+) -> Result<TypedCall<PairDecided>, ClientError> {
+    let peer_record = peer_record.try_into().map_err(|_| too_large("record bytes", peer_record.len(), RECORD_MAX))?;
+    Ok(pair(PairRequest::Decide(PairDecide { peer, sas, admit, peer_record }), |r| {
         if let Response::Pair(P::Decide(x)) = r { Some(x) } else { None }
-    })
+    }))
 }
 
 pub fn ledger_members() -> TypedCall<Vec<Member>> {

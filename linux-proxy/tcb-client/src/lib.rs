@@ -263,9 +263,16 @@ impl TcbClient {
         self.run(calls::pair_step(message)?).await
     }
 
-    /// The operator's verdict on the paired peer; the admission record's id when admitted.
-    pub async fn pair_decide(&self, peer: NodeId, sas: u32, admit: bool) -> Result<Option<Digest>, ClientError> {
-        Ok(self.run(calls::pair_decide(peer, sas, admit)).await?.record_id)
+    /// The operator's verdict on the paired peer (with the peer's admission record of this node
+    /// if the peer decided first); the admission record this node signed, when admitted.
+    pub async fn pair_decide(
+        &self,
+        peer: NodeId,
+        sas: u32,
+        admit: bool,
+        peer_record: &[u8],
+    ) -> Result<PairDecided, ClientError> {
+        self.run(calls::pair_decide(peer, sas, admit, peer_record)?).await
     }
 
     /// The fleet's members: roots and admitted nodes, their keys, mesh keys and trust.

@@ -139,7 +139,7 @@ pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
             wireguard_key: ByteArray([4; 32]),
         })),
         Request::Pair(PairRequest::Step(PairStep { message: Default::default() })),
-        Request::Pair(PairRequest::Decide(PairDecide { peer, sas: 0, admit: false })),
+        Request::Pair(PairRequest::Decide(PairDecide { peer, sas: 0, admit: false, peer_record: Default::default() })),
     ];
     // Every kind but the error frame, so a kind added to the protocol fails here until covered.
     if requests.len() != Kind::ALL.len() - 1 {

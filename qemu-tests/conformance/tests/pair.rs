@@ -89,6 +89,10 @@ fn two_nodes_pair_and_each_admits_the_other_with_its_mesh_key() {
     assert_eq!(oa.json["peer"], node_id(&b).to_string());
     assert_eq!(ob.json["peer"], node_id(&a).to_string());
     assert_eq!((oa.json["admitted"].as_bool(), ob.json["admitted"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (oa.json["admitted_by_peer"].as_bool(), ob.json["admitted_by_peer"].as_bool()),
+        (Some(true), Some(true))
+    );
     assert!(oa.stderr.contains(&format!("SAS           {}", &oa.json["sas"].as_str().unwrap()[..3])));
 
     let b_in_a = members(&a).into_iter().find(|m| m.node_id == node_id(&b)).expect("B in A's ledger");
@@ -100,6 +104,14 @@ fn two_nodes_pair_and_each_admits_the_other_with_its_mesh_key() {
     assert_eq!(b_in_a.wireguard.unwrap().0.to_vec(), key(WG_B));
     let a_in_b = members(&b).into_iter().find(|m| m.node_id == node_id(&a)).expect("A in B's ledger");
     assert_eq!(a_in_b.wireguard.unwrap().0.to_vec(), key(WG_A));
+    // Both admission records are in both ledgers: each accepted the other's.
+    for t in [&a, &b] {
+        let s = ppn_tcb_client::blocking::Client::connect(&t.socket, Duration::from_secs(10))
+            .unwrap()
+            .ledger_summary()
+            .unwrap();
+        assert_eq!(s.record_count, 2);
+    }
 }
 
 #[test]
@@ -111,10 +123,18 @@ fn a_wrong_code_or_a_no_admits_nobody() {
     assert!(ob.stderr.contains("hung up"), "{}", ob.stderr);
     assert_eq!((members(&a).len(), members(&b).len()), (1, 1), "a wrong code wrote something");
 
-    // The right code, but B's operator says no: B admits nobody; A (who said yes) admits B.
+    // The right code, but B's operator says no: B admits nobody; A (who said yes, and decided
+    // first) admits B, and hears that B did not admit it.
     let (oa, ob) = pair(&a, &b, ("7K3M9-QX2HD", "7K3M9-QX2HD"), ("y\n", "n\n"));
     assert!(oa.ok && !ob.ok, "{}\n{}", oa.stderr, ob.stderr);
-    assert_eq!(ob.json["admitted"], false);
+    assert_eq!((ob.json["admitted"].as_bool(), oa.json["admitted_by_peer"].as_bool()), (Some(false), Some(false)));
+    assert!(oa.stderr.contains("the other node did not admit this one"), "{}", oa.stderr);
     assert_eq!(members(&b).len(), 1);
     assert_eq!(members(&a).len(), 2);
+
+    // A says no: B, whatever its operator says, admits nobody.
+    let (c, d) = (HostedTcb::start(), HostedTcb::start());
+    let (oc, od) = pair(&c, &d, ("7K3M9-QX2HD", "7K3M9-QX2HD"), ("n\n", "y\n"));
+    assert!(!oc.ok && !od.ok, "{}\n{}", oc.stderr, od.stderr);
+    assert_eq!((members(&c).len(), members(&d).len()), (1, 1));
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod bench;
+mod fleet;
 mod grant;
 mod image;
 mod ledger;
@@ -37,6 +38,11 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: ledger::Command,
+    },
+    /// A local fleet on this machine: start (paired), inspect, stop.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::Command,
     },
     /// Pair with another node: the CPace ceremony between the two TCBs over TCP, a six-digit
     /// SAS the operators compare, and on "yes" each TCB admits the other.
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
             Command::Grant { command } => grant::run(command).await,
             Command::Ledger { command } => ledger::run(command).await,
             Command::Pair(args) => pair::run(args).await,
+            Command::Fleet { command } => fleet::run(command).await,
             Command::Bench { command } => bench::run(command),
             Command::Image { command } => image::run(command),
             Command::Sdf { command } => sdf::run(command),

@@ -2,12 +2,19 @@
 //! TCP connection this command relays. The TCBs run CPace and key confirmation (docs/pairing.md);
 //! this side only moves their messages and asks the operator whether the six-digit SAS shown
 //! here is the one the other node shows. Only a "yes" makes this node's TCB admit the peer.
+//!
+//! After the SAS, the two sides trade their admission records over the same connection: the
+//! connecting side's TCB decides first and its record goes to the listening side, whose TCB
+//! ingests it before signing its own (so that record descends from the listener's admission and
+//! the whole fleet accepts it); the listener's record comes back and is ingested. A side whose
+//! operator says no sends an empty record, and the other side then admits nobody either if it has
+//! not decided yet.
 
 use crate::{Conn, print_json};
 use base64::Engine as _;
 use ppn_pairing::message::{HEADER_LEN, Header, MAX_MESSAGE_LEN};
 use ppn_tcb_client::TcbClient;
-use ppn_wire::service::{PairRole, PairedPeer};
+use ppn_wire::service::{IngestOutcome, PairRole, PairedPeer};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -87,7 +94,7 @@ pub async fn run(args: Args) -> Result<ExitCode, String> {
     let wireguard_key = decode_key(&args.wireguard_key)?;
     let tcb = args.conn.connect().await?;
     let ctx = args.conn.context();
-    let peer = match (args.listen, args.connect) {
+    let (peer, mut stream, listener_side) = match (args.listen, args.connect) {
         (Some(addr), _) => {
             let code = match args.code {
                 Some(c) => c,
@@ -112,7 +119,7 @@ pub async fn run(args: Args) -> Result<ExitCode, String> {
             send(&mut stream, &reply.message).await?;
             let confirm = receive(&mut stream).await?;
             let done = tcb.pair_step(&confirm).await.map_err(&ctx)?;
-            done.paired.ok_or("the TCB finished the ceremony without a peer")?
+            (done.paired.ok_or("the TCB finished the ceremony without a peer")?, stream, true)
         }
         (None, Some(addr)) => {
             let code = match args.code {
@@ -125,11 +132,38 @@ pub async fn run(args: Args) -> Result<ExitCode, String> {
             let reply = receive(&mut stream).await?;
             let confirmed = tcb.pair_step(&reply).await.map_err(&ctx)?;
             send(&mut stream, &confirmed.message).await?;
-            confirmed.paired.ok_or("the TCB finished the ceremony without a peer")?
+            (confirmed.paired.ok_or("the TCB finished the ceremony without a peer")?, stream, false)
         }
         (None, None) => return Err("give --listen ADDR or --connect ADDR".into()),
     };
-    decide(&tcb, &peer, args.conn.json, &ctx).await
+    decide(&tcb, &peer, &mut stream, listener_side, args.conn.json, &ctx).await
+}
+
+/// How long to wait for the other operator's answer.
+const DECISION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Sends an admission record (empty: not admitted) as a u16 length and the bytes.
+async fn send_record(stream: &mut TcpStream, record: &[u8]) -> Result<(), String> {
+    let mut msg = (record.len() as u16).to_le_bytes().to_vec();
+    msg.extend_from_slice(record);
+    send(stream, &msg).await
+}
+
+async fn receive_record(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let read = async {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.map_err(|e| format!("the other node hung up: {e}"))?;
+        let len = usize::from(u16::from_le_bytes(len));
+        if len > ppn_wire::service::RECORD_MAX {
+            return Err("the other node sent an oversized record".to_owned());
+        }
+        let mut record = vec![0u8; len];
+        stream.read_exact(&mut record).await.map_err(|e| format!("the other node hung up: {e}"))?;
+        Ok(record)
+    };
+    tokio::time::timeout(DECISION_TIMEOUT, read)
+        .await
+        .map_err(|_| "the other operator did not answer in time".to_owned())?
 }
 
 fn sas_text(sas: u32) -> String {
@@ -139,6 +173,8 @@ fn sas_text(sas: u32) -> String {
 async fn decide(
     tcb: &TcbClient,
     peer: &PairedPeer,
+    stream: &mut TcpStream,
+    listener_side: bool,
     json: bool,
     ctx: &impl Fn(ppn_tcb_client::ClientError) -> String,
 ) -> Result<ExitCode, String> {
@@ -147,12 +183,35 @@ async fn decide(
     eprintln!("peer mesh key {mesh}");
     eprintln!("SAS           {}", sas_text(peer.sas));
     let answer = prompt(&format!("Does the other node show {}? Admit it? [y/N] ", sas_text(peer.sas)))?;
-    let admit = matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes");
-    let record = tcb.pair_decide(peer.node_id, peer.sas, admit).await.map_err(ctx)?;
+    let yes = matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes");
+    let (decided, peer_admitted) = if listener_side {
+        // The connecting side decided first: take its record, then decide and answer.
+        let theirs = receive_record(stream).await?;
+        let admit = yes && !theirs.is_empty();
+        let decided = tcb.pair_decide(peer.node_id, peer.sas, admit, &theirs).await.map_err(ctx)?;
+        send_record(stream, &decided.record).await?;
+        (decided, !theirs.is_empty())
+    } else {
+        let decided = tcb.pair_decide(peer.node_id, peer.sas, yes, &[]).await.map_err(ctx)?;
+        send_record(stream, &decided.record).await?;
+        let theirs = receive_record(stream).await?;
+        if !theirs.is_empty() {
+            let outcome = tcb.ingest_records(&[&theirs[..]]).await.map_err(ctx)?;
+            if !matches!(outcome[..], [IngestOutcome::Accepted | IngestOutcome::Duplicate]) {
+                return Err(format!("this node's TCB refused the other node's admission record: {outcome:?}"));
+            }
+        }
+        (decided, !theirs.is_empty())
+    };
+    if !peer_admitted {
+        eprintln!("the other node did not admit this one");
+    }
+    let record = decided.record_id;
     if json {
         print_json(&serde_json::json!({
             "peer": peer.node_id.to_string(), "wireguard_key": mesh, "sas": format!("{:06}", peer.sas),
             "admitted": record.is_some(), "record_id": record.map(|r| format!("{r:x}")),
+            "admitted_by_peer": peer_admitted,
         }))?;
     } else {
         match record {

@@ -1,0 +1,85 @@
+//! The control socket (`DIR/node.sock`, mode 0600): one JSON object per line each way.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `{"op":"status"}` | `{"ok":true,"status":{...}}` ([`crate::node::NodeStatus`]) |
+//! | `{"op":"hint","node":"<16 hex>","endpoint":"host:port"}` | `{"ok":true}` |
+//!
+//! Anything else gets `{"ok":false,"error":"..."}`; a line over 4 KiB closes the connection.
+//! The socket is for the operator's tools on this machine; it grants nothing the TCB would not.
+
+use crate::hints::parse_node_id;
+use crate::node::Node;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+/// Longest request line.
+pub const MAX_LINE: usize = 4096;
+
+/// Binds the control socket (replacing a stale one) and serves it.
+pub fn serve(path: &Path, node: Arc<Node>) -> std::io::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move {
+                let (read, mut write) = conn.into_split();
+                let mut lines = BufReader::new(read);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match (&mut lines).take(MAX_LINE as u64 + 1).read_line(&mut line).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if n > MAX_LINE => break,
+                        Ok(_) => {}
+                    }
+                    let answer = handle(&node, line.trim()).await;
+                    let mut out = answer.to_string();
+                    out.push('\n');
+                    if write.write_all(out.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn fail(why: impl std::fmt::Display) -> serde_json::Value {
+    serde_json::json!({ "ok": false, "error": why.to_string() })
+}
+
+async fn handle(node: &Node, line: &str) -> serde_json::Value {
+    let req: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return fail(format!("not JSON: {e}")),
+    };
+    match req["op"].as_str() {
+        Some("status") => match node.status().await {
+            Ok(s) => serde_json::json!({ "ok": true, "status": s }),
+            Err(e) => fail(format!("TCB: {e}")),
+        },
+        Some("hint") => {
+            let Some(id) = req["node"].as_str().and_then(parse_node_id) else {
+                return fail("hint: want \"node\": 16 hex digits");
+            };
+            let Some(endpoint) = req["endpoint"].as_str().and_then(|e| e.parse().ok()) else {
+                return fail("hint: want \"endpoint\": host:port");
+            };
+            match node.hint(id, endpoint) {
+                Ok(()) => serde_json::json!({ "ok": true }),
+                Err(e) => fail(e),
+            }
+        }
+        Some(other) => fail(format!("unknown op {other:?}")),
+        None => fail("want {\"op\": ...}"),
+    }
+}
