@@ -16,7 +16,8 @@ use ppn_pairing::message::{HEADER_LEN, Header, MAX_MESSAGE_LEN};
 use ppn_tcb_client::TcbClient;
 use ppn_wire::service::{IngestOutcome, PairRole, PairedPeer};
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,8 +44,18 @@ pub struct Args {
     code: Option<String>,
     /// This node's mesh (WireGuard) public key, base64, which the other node key-confirms and
     /// records with its admission.
+    #[arg(long, conflicts_with = "node", required_unless_present = "node")]
+    wireguard_key: Option<String>,
+    /// This node's `ppn-node` directory: the mesh key is read from the running node daemon, and
+    /// after both sides admitted each other each daemon is told where the other's mesh listens.
     #[arg(long)]
-    wireguard_key: String,
+    node: Option<PathBuf>,
+}
+
+/// What `--node` gives: the daemon's control socket and its mesh UDP port.
+struct NodeDaemon {
+    control: PathBuf,
+    mesh_port: u16,
 }
 
 fn decode_key(b64: &str) -> Result<[u8; 32], String> {
@@ -91,10 +102,23 @@ async fn receive(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode, String> {
-    let wireguard_key = decode_key(&args.wireguard_key)?;
+    let (wireguard_key, daemon) = match (&args.wireguard_key, &args.node) {
+        (Some(k), _) => (decode_key(k)?, None),
+        (None, Some(dir)) => {
+            let control = dir.join("node.sock");
+            let status = ppn_node::fleet::control(&control, &serde_json::json!({ "op": "status" }))?["status"].take();
+            let key = decode_key(status["mesh_key"].as_str().ok_or("the node daemon gave no mesh key")?)?;
+            let endpoint: SocketAddr = status["mesh_endpoint"]
+                .as_str()
+                .and_then(|e| e.parse().ok())
+                .ok_or("the node daemon gave no mesh endpoint")?;
+            (key, Some(NodeDaemon { control, mesh_port: endpoint.port() }))
+        }
+        (None, None) => return Err("give --wireguard-key KEY or --node DIR".into()),
+    };
     let tcb = args.conn.connect().await?;
     let ctx = args.conn.context();
-    let (peer, mut stream, listener_side) = match (args.listen, args.connect) {
+    let (peer, mut stream, listener_side, peer_ip) = match (args.listen, args.connect) {
         (Some(addr), _) => {
             let code = match args.code {
                 Some(c) => c,
@@ -119,7 +143,7 @@ pub async fn run(args: Args) -> Result<ExitCode, String> {
             send(&mut stream, &reply.message).await?;
             let confirm = receive(&mut stream).await?;
             let done = tcb.pair_step(&confirm).await.map_err(&ctx)?;
-            (done.paired.ok_or("the TCB finished the ceremony without a peer")?, stream, true)
+            (done.paired.ok_or("the TCB finished the ceremony without a peer")?, stream, true, from.ip())
         }
         (None, Some(addr)) => {
             let code = match args.code {
@@ -132,11 +156,39 @@ pub async fn run(args: Args) -> Result<ExitCode, String> {
             let reply = receive(&mut stream).await?;
             let confirmed = tcb.pair_step(&reply).await.map_err(&ctx)?;
             send(&mut stream, &confirmed.message).await?;
-            (confirmed.paired.ok_or("the TCB finished the ceremony without a peer")?, stream, false)
+            (confirmed.paired.ok_or("the TCB finished the ceremony without a peer")?, stream, false, addr.ip())
         }
         (None, None) => return Err("give --listen ADDR or --connect ADDR".into()),
     };
-    decide(&tcb, &peer, &mut stream, listener_side, args.conn.json, &ctx).await
+    let code = decide(&tcb, &peer, &mut stream, listener_side, args.conn.json, &ctx).await?;
+    // Both sides tell each other where their mesh listens (0: no daemon given), and a side with
+    // a daemon hands the peer's endpoint to it: the peer's address as this connection saw it,
+    // with its mesh port. A hint only; WireGuard authenticates whoever answers there.
+    let own_port = daemon.as_ref().map_or(0, |d| d.mesh_port);
+    send(&mut stream, &own_port.to_le_bytes()).await?;
+    let mut port = [0u8; 2];
+    stream.read_exact(&mut port).await.map_err(|e| format!("the other node hung up: {e}"))?;
+    let port = u16::from_le_bytes(port);
+    if let Some(d) = &daemon
+        && port != 0
+        && code == ExitCode::SUCCESS
+    {
+        let endpoint = SocketAddr::new(peer_ip_for(peer_ip), port);
+        let hint =
+            serde_json::json!({ "op": "hint", "node": peer.node_id.to_string(), "endpoint": endpoint.to_string() });
+        ppn_node::fleet::control(&d.control, &hint)?;
+        eprintln!("told this node's daemon that {} listens at {endpoint}", peer.node_id);
+    }
+    Ok(code)
+}
+
+/// The address to reach the peer's mesh at: the peer's address on this connection (an IPv4
+/// address mapped into IPv6 is unmapped).
+fn peer_ip_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// How long to wait for the other operator's answer.
