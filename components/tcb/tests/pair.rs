@@ -27,19 +27,18 @@ impl Entropy for Counter {
 
 type Tcb = Booted<MemStorage, MemStorage>;
 
+/// A fresh TCB whose identity seed is `seed` repeated; no entropy source for pairing.
+fn plain(seed: u8) -> Tcb {
+    let entropy = |s: &mut [u8; 32]| {
+        s.fill(seed);
+        Ok::<(), ()>(())
+    };
+    boot(MemStorage::default(), MemStorage::default(), &Roots::default(), Platform::Hosted, "t", entropy).unwrap()
+}
+
+/// A fresh TCB with a deterministic entropy source for pairing.
 fn tcb(seed: u8) -> Tcb {
-    let mut b = boot(
-        MemStorage::default(),
-        MemStorage::default(),
-        &Roots::default(),
-        Platform::Hosted,
-        "t",
-        |s: &mut [u8; 32]| {
-            s.fill(seed);
-            Ok::<(), ()>(())
-        },
-    )
-    .unwrap();
+    let mut b = plain(seed);
     b.core = b.core.with_entropy(Box::new(Counter(seed.wrapping_mul(16))));
     b
 }
@@ -189,18 +188,7 @@ fn bad_codes_messages_out_of_turn_and_a_missing_entropy_source_are_refused() {
     begin(&mut a, PairRole::Responder, "7K3M9-QX2HD", 1);
     assert_eq!(step(&mut a, &[0; 10]).unwrap_err().0, ErrorCode::Rejected, "garbage for a hello");
 
-    let mut plain = boot(
-        MemStorage::default(),
-        MemStorage::default(),
-        &Roots::default(),
-        Platform::Hosted,
-        "t",
-        |s: &mut [u8; 32]| {
-            s.fill(9);
-            Ok::<(), ()>(())
-        },
-    )
-    .unwrap();
+    let mut plain = plain(9);
     let b = PairBegin {
         role: PairRole::Initiator,
         code: "7K3M9-QX2HD".try_into().unwrap(),
