@@ -98,7 +98,7 @@ pub fn config(fleet_size: usize, max_packet: usize) -> Config {
     let mut c = Config::new_lan(size);
     c.probe_period = Duration::from_millis(500);
     c.probe_rtt = Duration::from_millis(200);
-    c.suspect_to_down_after = Duration::from_millis(1500);
+    c.suspect_to_down_after = Duration::from_secs(3);
     c.max_packet_size = NonZeroUsize::new(max_packet).unwrap_or(NonZeroUsize::MIN);
     c
 }
