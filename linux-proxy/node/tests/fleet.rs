@@ -27,12 +27,15 @@ fn opts(nodes: usize) -> UpOptions {
     }
 }
 
-/// Stops the fleet even when the test fails.
-struct Running(Fleet, tempfile::TempDir);
+/// Stops the fleet even when the test fails (and keeps its directory until then).
+struct Running {
+    fleet: Fleet,
+    _dir: tempfile::TempDir,
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = fleet::down(&self.0.dir, false);
+        let _ = fleet::down(&self.fleet.dir, false);
     }
 }
 
@@ -40,7 +43,7 @@ async fn start(n: usize) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let f =
         fleet::up(&dir.path().join("fleet"), &opts(n), |l| eprintln!("{l}")).await.unwrap_or_else(|e| panic!("{e}"));
-    Running(f, dir)
+    Running { fleet: f, _dir: dir }
 }
 
 fn heads(f: &Fleet, i: usize) -> BTreeSet<String> {
@@ -64,7 +67,7 @@ fn tcb(f: &Fleet, i: usize) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paired_fleet_converges_and_a_revoked_node_is_cut_off_everywhere() {
     let run = start(3).await;
-    let f = &run.0;
+    let f = &run.fleet;
     for i in 0..3 {
         let s = fleet::status(&f.nodes[i]).unwrap();
         let peers = s["peers"].as_array().unwrap();
@@ -104,7 +107,7 @@ async fn a_paired_fleet_converges_and_a_revoked_node_is_cut_off_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_with_revocations_on_both_sides_heals_to_the_same_heads() {
     let run = start(3).await;
-    let f = &run.0;
+    let f = &run.fleet;
     until("the same heads everywhere", Duration::from_secs(10), || {
         heads(f, 0) == heads(f, 1) && heads(f, 1) == heads(f, 2)
     });
