@@ -41,6 +41,34 @@ impl core::fmt::Display for NodeId {
     }
 }
 
+/// Why a string is not a node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotANodeId;
+
+impl core::fmt::Display for NotANodeId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("a node id is 16 hex digits")
+    }
+}
+
+/// Parses the form [`Display`](core::fmt::Display) prints: exactly 16 hex digits, either case.
+impl core::str::FromStr for NodeId {
+    type Err = NotANodeId;
+
+    fn from_str(s: &str) -> Result<Self, NotANodeId> {
+        let digits = s.as_bytes();
+        if digits.len() != 16 {
+            return Err(NotANodeId);
+        }
+        let mut id = [0u8; 8];
+        for (i, b) in id.iter_mut().enumerate() {
+            let digit = |c: u8| char::from(c).to_digit(16).ok_or(NotANodeId);
+            *b = (digit(digits[2 * i])? * 16 + digit(digits[2 * i + 1])?) as u8;
+        }
+        Ok(NodeId(ByteArray(id)))
+    }
+}
+
 /// An Ed25519 public key.
 pub type PublicKey = ByteArray<32>;
 /// An Ed25519 signature.

@@ -236,7 +236,8 @@ async fn start_nodes(
             &["--state".as_ref(), state.as_os_str(), "--socket".as_ref(), tcb_socket.as_os_str()],
             &ndir.join("tcb.log"),
         )?;
-        let mut node = FleetNode {
+        // Recorded before anything else starts, so that `fleet down` can stop what did start.
+        nodes.push(FleetNode {
             index: i,
             node_id: String::new(),
             dir: ndir.clone(),
@@ -246,14 +247,14 @@ async fn start_nodes(
             mesh_key: String::new(),
             tcb_pid,
             node_pid: 0,
-        };
-        nodes.push(node.clone());
+        });
+        let node = nodes.last_mut().ok_or("no node recorded")?;
         wait_for(&format!("ppn-tcb of node {i}"), Duration::from_secs(20), || {
             std::os::unix::net::UnixStream::connect(&tcb_socket).is_ok()
         })?;
         let node_dir = ndir.join("node");
         let loss = opts.loss.to_string();
-        let node_pid = daemon(
+        node.node_pid = daemon(
             &opts.node_bin,
             &[
                 "--dir".as_ref(),
@@ -267,22 +268,16 @@ async fn start_nodes(
             ],
             &ndir.join("node.log"),
         )?;
-        node.node_pid = node_pid;
-        if let Some(last) = nodes.last_mut() {
-            last.node_pid = node_pid;
-        }
-        wait_for(&format!("ppn-node of node {i}"), Duration::from_secs(20), || node.control.exists())?;
-        let s = status(&node)?;
+        let control = node.control.clone();
+        wait_for(&format!("ppn-node of node {i}"), Duration::from_secs(20), || control.exists())?;
+        let s = status(node)?;
         node.node_id = s["node_id"].as_str().unwrap_or_default().to_owned();
         node.mesh_endpoint = s["mesh_endpoint"].as_str().unwrap_or_default().to_owned();
         node.mesh_key = s["mesh_key"].as_str().unwrap_or_default().to_owned();
         progress(&format!(
-            "node {i}: {} (TCB pid {tcb_pid}, node pid {node_pid}, mesh {})",
-            node.node_id, node.mesh_endpoint
+            "node {i}: {} (TCB pid {tcb_pid}, node pid {}, mesh {})",
+            node.node_id, node.node_pid, node.mesh_endpoint
         ));
-        if let Some(last) = nodes.last_mut() {
-            *last = node;
-        }
     }
     Ok(())
 }

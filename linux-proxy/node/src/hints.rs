@@ -19,16 +19,9 @@ pub enum HintsError {
     Parse { path: String, line: usize, what: String },
 }
 
-/// Parses a node id written as 16 hex digits.
+/// Parses a node id written as 16 hex digits (`NodeId`'s `FromStr`).
 pub fn parse_node_id(s: &str) -> Option<NodeId> {
-    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut id = [0u8; 8];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(NodeId(ppn_wire::ByteArray(id)))
+    s.parse().ok()
 }
 
 /// The hints of one node, backed by a file.

@@ -4,7 +4,7 @@
 //! with that peer's mesh IP as its source.
 
 use ppn_gossip::Transport;
-use ppn_mesh::{Mesh, MeshDatagram, MeshStream};
+use ppn_mesh::{Mesh, MeshStream};
 use ppn_wire::NodeId;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,7 +36,6 @@ pub fn ip_of(node: NodeId) -> IpAddr {
 #[derive(Debug, Clone)]
 pub struct MeshTransport {
     mesh: Mesh,
-    udp: Arc<MeshDatagram>,
     out: mpsc::Sender<(NodeId, Vec<u8>)>,
 }
 
@@ -54,7 +53,7 @@ impl MeshTransport {
                 let _ = sender.send_to(ip_of(to), GOSSIP_PORT, &d).await;
             }
         });
-        let receiver = Arc::clone(&udp);
+        let receiver = udp;
         tokio::spawn(async move {
             while let Ok((from, d)) = receiver.recv_from().await {
                 if let Some(node) = node_of(from.ip())
@@ -64,7 +63,7 @@ impl MeshTransport {
                 }
             }
         });
-        Ok(Self { mesh, udp, out })
+        Ok(Self { mesh, out })
     }
 }
 
@@ -76,7 +75,6 @@ impl Transport for MeshTransport {
     }
 
     async fn open(&self, to: NodeId) -> std::io::Result<MeshStream> {
-        let _ = &self.udp;
         self.mesh.connect(ip_of(to), RELAY_PORT).await.map_err(std::io::Error::other)
     }
 }

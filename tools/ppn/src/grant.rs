@@ -1,7 +1,6 @@
 //! `ppn grant issue|verify|revoke`: capability grants, issued and checked by the TCB.
 
 use crate::{Conn, print_json};
-use ppn_wire::ByteArray;
 use ppn_wire::service::{NodeId, ResourceType, RevokeTarget, Verdict};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -210,10 +209,7 @@ pub fn parse_hex(s: &str) -> Result<Bytes, String> {
 
 /// A node id: 16 hex digits, as `ppn tcb status` prints it.
 pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
-    let bytes = parse_hex(s).ok().filter(|b| b.0.len() == 8).ok_or_else(|| format!("{s:?} is not 16 hex digits"))?;
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&bytes.0);
-    Ok(NodeId(ByteArray(id)))
+    s.trim().parse().map_err(|_| format!("{s:?} is not 16 hex digits"))
 }
 
 /// `TYPE:ID`: memory, vm, image or mesh, then a decimal id.
@@ -261,6 +257,7 @@ pub fn parse_range(s: &str) -> Result<SequenceRange, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ppn_wire::ByteArray;
 
     #[test]
     fn durations() {
