@@ -1,0 +1,1 @@
+//! PPN VM plane (untrusted proxy side) — under construction.

@@ -1,0 +1,1 @@
+//! PPN guest agent: report protocol (shared by the agent and the host) — under construction.
