@@ -1,1 +1,19 @@
-//! PPN guest agent: report protocol (shared by the agent and the host) — under construction.
+//! PPN guest agent: the report protocol the in-guest agent speaks over virtio-serial (shared by
+//! the agent and the host), and the builder of the minimal guest image that carries the agent.
+//!
+//! * [`report`]: the report and its framed, checksummed wire format with a resynchronising
+//!   streaming decoder.
+//! * [`image`]: `ensure(cache_dir, options)` builds (once) and caches a Debian kernel and an
+//!   initramfs of busybox-static, the virtio modules and the agent.
+//! * the `ppn-guest-agent` binary (src/bin/agent.rs): the agent itself, std only, built static
+//!   for `x86_64-unknown-linux-musl`.
+//!
+//! See docs/guest.md.
+
+pub mod agent;
+pub mod cpio;
+pub mod image;
+pub mod report;
+
+/// The virtio-serial port name the agent looks for (and the host's `virtserialport` sets).
+pub const PORT_NAME: &str = "org.ppnfabric.agent.0";
