@@ -145,10 +145,21 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// KVM if `/dev/kvm` can be opened read-write, else TCG.
+    /// KVM if `/dev/kvm` can be opened read-write *and* the host kernel has hardware
+    /// virtualization (`kvm_intel` or `kvm_amd` loaded), else TCG.
+    ///
+    /// `/dev/kvm` alone is not enough: some sandboxes (e.g. a Firecracker host with `kvm_pvm`,
+    /// pagetable-based virtualization) offer `/dev/kvm` on CPUs without VMX/SVM, and a stock
+    /// Debian guest kernel then never prints a byte.
     pub fn detect() -> Self {
-        let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-        if usable { Accel::Kvm } else { Accel::Tcg }
+        Self::detect_in(Path::new("/dev/kvm"), Path::new("/sys/module"))
+    }
+
+    /// [`Accel::detect`] with the device and module directory given (for tests).
+    pub fn detect_in(dev_kvm: &Path, sys_module: &Path) -> Self {
+        let opens = std::fs::OpenOptions::new().read(true).write(true).open(dev_kvm).is_ok();
+        let hw = ["kvm_intel", "kvm_amd"].iter().any(|m| sys_module.join(m).exists());
+        if opens && hw { Accel::Kvm } else { Accel::Tcg }
     }
 
     /// The `-accel` value.
@@ -358,8 +369,21 @@ mod tests {
     }
 
     #[test]
-    fn accel_detect_agrees_with_dev_kvm() {
-        let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-        assert_eq!(Accel::detect() == Accel::Kvm, usable);
+    fn accel_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("kvm");
+        let modules = dir.path().join("module");
+        std::fs::create_dir_all(&modules).unwrap();
+        // No device: TCG.
+        assert_eq!(Accel::detect_in(&dev, &modules), Accel::Tcg);
+        // A device that opens but no hardware virtualization module (kvm_pvm-style): TCG.
+        std::fs::write(&dev, b"").unwrap();
+        std::fs::create_dir(modules.join("kvm_pvm")).unwrap();
+        assert_eq!(Accel::detect_in(&dev, &modules), Accel::Tcg);
+        // Device and kvm_intel: KVM.
+        std::fs::create_dir(modules.join("kvm_intel")).unwrap();
+        assert_eq!(Accel::detect_in(&dev, &modules), Accel::Kvm);
+        assert_eq!(Accel::Kvm.as_str(), "kvm");
+        assert_eq!(Accel::Tcg.as_str(), "tcg");
     }
 }

@@ -4,29 +4,17 @@
 //! `requested-size` all work without a guest; the plugged `size` only changes when a guest
 //! driver plugs (tests/guest.rs).
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::env;
 use std::time::{Duration, Instant};
 
 use ppn_vm::cgroup::{self, CgroupSupport};
-use ppn_vm::manager::{ManagerError, PidStatus, StopOutcome, pid_status};
+use ppn_vm::manager::{ManagerError, PidStatus, StopOutcome};
 use ppn_vm::qmp::QmpError;
-use ppn_vm::spec::VmPaths;
 use ppn_vm::{QmpClient, VmManager, VmSpec, VmState};
-
-/// Kills every QEMU of the state dir when a test ends, however it ends.
-struct Guard(PathBuf);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.0) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if let PidStatus::Live(pid) = pid_status(&VmPaths::new(e.path())) {
-                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            }
-        }
-    }
-}
 
 /// A header-only bzImage (boot protocol 2.12, no code) and an empty initrd: QEMU loads them,
 /// and with `-S` the CPU never starts.
@@ -49,20 +37,6 @@ fn paused_spec(dir: &Path, name: &str) -> VmSpec {
     let mut s = VmSpec::new(name, 128, 512, k, i, "console=ttyS0");
     s.extra_args = vec!["-S".into()];
     s
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    _guard: Guard,
-    dir: PathBuf,
-    state: PathBuf,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let state = dir.join("state");
-    Env { _guard: Guard(state.clone()), _tmp: tmp, dir, state }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

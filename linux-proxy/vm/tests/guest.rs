@@ -1,0 +1,94 @@
+//! Against a real booted guest (Debian kernel + busybox + the agent, from
+//! `ppn_guest_agent::image::ensure`, cached in target/ppn-guest). Set `PPN_SKIP_GUEST=1` to
+//! skip on a machine that cannot build the image.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ppn_vm::agent::AgentStream;
+use ppn_vm::manager::{PidStatus, StopOutcome};
+use ppn_vm::{VmManager, VmSpec, VmState};
+
+const MIB_KIB: u64 = 1024;
+
+fn guest_spec(img: &ppn_guest_agent::image::GuestImage, name: &str) -> VmSpec {
+    VmSpec::new(name, 256, 2048, &img.kernel, &img.initrd, img.cmdline.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_grow_shrink_balloon_reattach_destroy() {
+    let Some(img) = common::guest_image() else {
+        return;
+    };
+    let e = common::env();
+    let m = VmManager::open(&e.state).unwrap();
+    let name = "guest-a";
+    m.create(&guest_spec(&img, name)).unwrap();
+    let t0 = Instant::now();
+    let started = m.start(name).await.unwrap();
+    eprintln!("accel {:?}: boot-to-QMP {:?}; cgroup {:?}", m.accel(), started.boot_to_qmp, started.cgroup);
+    let pid = started.pid;
+
+    // The guest runs and the agent reports.
+    let listed = m.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, VmState::Live { pid, status: "running".into() });
+    let paths = m.paths(name).unwrap();
+    let mut agent = AgentStream::connect(&paths.agent(), Duration::from_secs(5)).await.unwrap();
+    let first = agent.next_report(Duration::from_secs(40)).await.unwrap();
+    eprintln!("first agent report {:?} after start: {:?}", t0.elapsed(), first.report);
+    let total0 = first.report.mem_total_kib;
+    assert!(total0 > 100 * MIB_KIB && total0 <= 256 * MIB_KIB, "{total0}");
+
+    // Grow by 512 MiB: the device plugs, the guest's MemTotal grows by it.
+    let plug = m.resize_vmem_and_wait(name, 512, Duration::from_secs(20)).await.unwrap();
+    let grown = agent.wait_mem_total_at_least(total0 + 512 * MIB_KIB, Duration::from_secs(10)).await.unwrap();
+    eprintln!("plug 512 MiB: size reached in {plug:?}; MemTotal {} -> {} KiB", total0, grown.report.mem_total_kib);
+    let mem = m.memory(name).await.unwrap();
+    assert_eq!((mem.plugged_mib, mem.requested_mib), (512, 512));
+
+    // Shrink back to 0.
+    let unplug = m.resize_vmem_and_wait(name, 0, Duration::from_secs(30)).await.unwrap();
+    let shrunk = agent.wait_mem_total_at_most(total0, Duration::from_secs(10)).await.unwrap();
+    eprintln!("unplug 512 MiB: size reached in {unplug:?}; MemTotal {} KiB", shrunk.report.mem_total_kib);
+    assert_eq!(m.memory(name).await.unwrap().plugged_mib, 0);
+
+    // Balloon: target 192 MiB shows in query-balloon, and the guest loses the pages.
+    let t = m.balloon_status(name).await.unwrap();
+    assert_eq!(t, 256);
+    m.set_balloon(name, 192).await.unwrap();
+    let took = m.wait_balloon(name, 192, Duration::from_secs(20)).await.unwrap();
+    let inflated = agent.wait_mem_total_at_most(total0 - 60 * MIB_KIB, Duration::from_secs(10)).await.unwrap();
+    eprintln!("balloon to 192 MiB in {took:?}; MemTotal {} KiB", inflated.report.mem_total_kib);
+    m.set_balloon(name, 256).await.unwrap();
+    m.wait_balloon(name, 256, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(m.info(name).await.unwrap().memory.unwrap().balloon_actual_mib, Some(256));
+
+    // The managing process goes away; the VM keeps running; a new manager re-attaches.
+    let last_counter = agent.last().unwrap().counter;
+    drop(agent);
+    drop(m);
+    let t = Instant::now();
+    let m2 = VmManager::open(&e.state).unwrap();
+    let state = m2.state(name).await.unwrap();
+    eprintln!("re-attach (open + query-status) {:?}", t.elapsed());
+    assert_eq!(state, VmState::Live { pid, status: "running".into() });
+    let mut agent = AgentStream::connect(&paths.agent(), Duration::from_secs(5)).await.unwrap();
+    let again = agent.next_report(Duration::from_secs(10)).await.unwrap();
+    assert!(again.report.counter > last_counter, "{again:?} vs {last_counter}");
+    drop(agent);
+
+    // The guest has no ACPI daemon: powerdown does nothing, stop falls back to quit.
+    let t = Instant::now();
+    let outcome = m2.stop(name, Duration::from_secs(2)).await.unwrap();
+    eprintln!("stop: {outcome:?} in {:?}", t.elapsed());
+    assert!(matches!(outcome, StopOutcome::Quit | StopOutcome::PoweredDown));
+    assert_eq!(m2.state(name).await.unwrap(), VmState::Stopped);
+
+    // Start again and destroy while running: QEMU is killed, the directory is gone.
+    let again = m2.start(name).await.unwrap();
+    assert_eq!(m2.destroy(name).await.unwrap(), StopOutcome::Quit);
+    assert!(!paths.dir.exists());
+    assert!(!matches!(ppn_vm::manager::process_is_vm(again.pid, &paths.qmp()), PidStatus::Live(_)));
+}
