@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ppn_vm::agent::AgentStream;
 use ppn_vm::manager::{PidStatus, StopOutcome};
+use ppn_vm::migrate::MigrationParams;
 use ppn_vm::{VmManager, VmSpec, VmState};
 
 const MIB_KIB: u64 = 1024;
@@ -18,6 +19,7 @@ fn guest_spec(img: &ppn_guest_agent::image::GuestImage, name: &str) -> VmSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_grow_shrink_balloon_reattach_destroy() {
+    let _serial = common::serial();
     let Some(img) = common::guest_image() else {
         return;
     };
@@ -91,4 +93,95 @@ async fn boot_grow_shrink_balloon_reattach_destroy() {
     assert_eq!(m2.destroy(name).await.unwrap(), StopOutcome::Quit);
     assert!(!paths.dir.exists());
     assert!(!matches!(ppn_vm::manager::process_is_vm(again.pid, &paths.qmp()), PidStatus::Live(_)));
+}
+
+/// A loopback live migration of a booted guest with 256 MiB plugged: the destination runs
+/// with the plugged memory and the agent's counter continues there, never going back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_migration_keeps_the_guest_running() {
+    let _serial = common::serial();
+    let Some(img) = common::guest_image() else {
+        return;
+    };
+    let e = common::env();
+    let m = VmManager::open(&e.state).unwrap();
+    m.create(&guest_spec(&img, "mig-src")).unwrap();
+    m.create(&guest_spec(&img, "mig-dst")).unwrap();
+    m.start("mig-src").await.unwrap();
+    let src_paths = m.paths("mig-src").unwrap();
+    let mut agent = AgentStream::connect(&src_paths.agent(), Duration::from_secs(5)).await.unwrap();
+    let first = agent.next_report(Duration::from_secs(40)).await.unwrap();
+    let total0 = first.report.mem_total_kib;
+    m.resize_vmem_and_wait("mig-src", 256, Duration::from_secs(20)).await.unwrap();
+    agent.wait_mem_total_at_least(total0 + 256 * MIB_KIB, Duration::from_secs(10)).await.unwrap();
+
+    // Destination: same spec, -incoming defer, then listen.
+    let dst = m.start_incoming("mig-dst").await.unwrap();
+    assert_eq!(m.state("mig-dst").await.unwrap().label(), "inmigrate");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    m.migrate_incoming("mig-dst", &uri).await.unwrap();
+
+    // Source: parameters, go, follow progress.
+    m.set_migration_params("mig-src", MigrationParams::default()).await.unwrap();
+    let before = agent.next_report(Duration::from_secs(5)).await.unwrap();
+    drop(agent);
+    let t0 = Instant::now();
+    m.migrate_start("mig-src", &uri).await.unwrap();
+    let mut samples = Vec::new();
+    let done = m
+        .wait_migration("mig-src", Duration::from_secs(60), Duration::from_millis(20), |p| samples.push(p.clone()))
+        .await
+        .unwrap();
+    let wall = t0.elapsed();
+    eprintln!(
+        "migration: wall {wall:?}, total {:?} ms, downtime {:?} ms, setup {:?} ms, \
+         transferred {} MiB of {} MiB RAM, {:.0} Mbit/s, {} progress samples",
+        done.total_time_ms,
+        done.downtime_ms,
+        done.setup_time_ms,
+        done.transferred_bytes / (1 << 20),
+        done.total_bytes / (1 << 20),
+        done.mbps,
+        samples.len()
+    );
+    assert_eq!(done.status, "completed");
+    assert!(done.downtime_ms.is_some() && done.total_time_ms.is_some());
+    assert!(done.transferred_bytes > 0);
+    // Progress went through active with bytes moving, never backwards.
+    let transferred: Vec<u64> = samples.iter().map(|p| p.transferred_bytes).collect();
+    assert!(transferred.windows(2).all(|w| w[0] <= w[1]), "{transferred:?}");
+
+    // Source paused after the switch-over, destination running with the plugged memory.
+    assert_eq!(m.state("mig-src").await.unwrap().label(), "postmigrate");
+    let t = Instant::now();
+    loop {
+        if m.state("mig-dst").await.unwrap().label() == "running" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "destination never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mem = m.memory("mig-dst").await.unwrap();
+    assert_eq!((mem.plugged_mib, mem.requested_mib), (256, 256));
+
+    // The agent continues on the destination: counter strictly beyond the source's.
+    let dst_paths = m.paths("mig-dst").unwrap();
+    let mut agent = AgentStream::connect(&dst_paths.agent(), Duration::from_secs(5)).await.unwrap();
+    let after = agent.next_report(Duration::from_secs(10)).await.unwrap();
+    let later = agent.next_report(Duration::from_secs(10)).await.unwrap();
+    eprintln!(
+        "agent: source counter {} -> destination {} then {}",
+        before.report.counter, after.report.counter, later.report.counter
+    );
+    assert!(after.report.counter > before.report.counter);
+    assert!(later.report.counter > after.report.counter);
+    assert!(after.report.monotonic_ns > before.report.monotonic_ns);
+    assert!(after.report.mem_total_kib >= total0 + 256 * MIB_KIB);
+    drop(agent);
+
+    assert_eq!(m.stop("mig-src", Duration::ZERO).await.unwrap(), StopOutcome::Quit);
+    m.destroy("mig-src").await.unwrap();
+    m.destroy("mig-dst").await.unwrap();
+    assert!(!matches!(ppn_vm::manager::process_is_vm(dst.pid, &dst_paths.qmp()), PidStatus::Live(_)));
 }

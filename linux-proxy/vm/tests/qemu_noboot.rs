@@ -241,3 +241,61 @@ async fn cgroup_placement_on_this_machine() {
     // The VM's cgroup directories went with it.
     assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
 }
+
+/// Migration between two paused QEMUs: a throttled migration can be followed and cancelled,
+/// the source keeps its state; an unthrottled one completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_cancel_then_complete_without_guest() {
+    use ppn_vm::migrate::{MigrateError, MigrationParams};
+    let e = env();
+    let m = VmManager::open(&e.state).unwrap();
+    m.create(&paused_spec(&e.dir, "src")).unwrap();
+    m.create(&paused_spec(&e.dir, "dst")).unwrap();
+    m.start("src").await.unwrap();
+    // A source that is not a destination is refused for migrate-incoming.
+    assert!(matches!(m.migrate_incoming("src", "tcp:127.0.0.1:1").await, Err(MigrateError::WrongState { .. })));
+    m.start_incoming("dst").await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    m.migrate_incoming("dst", &uri).await.unwrap();
+
+    // 1 MiB/s: far too slow to finish, so it is still active when cancelled.
+    m.set_migration_params("src", MigrationParams { downtime_limit_ms: 100, max_bandwidth: 1 << 20 }).await.unwrap();
+    assert_eq!(m.migration_progress("src").await.unwrap().status, "none");
+    m.migrate_start("src", &uri).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = m.migration_progress("src").await.unwrap();
+    assert!(matches!(p.status.as_str(), "setup" | "active"), "{p:?}");
+    m.migrate_cancel("src").await.unwrap();
+    let err = m.wait_migration("src", Duration::from_secs(10), Duration::from_millis(20), |_| {}).await.unwrap_err();
+    assert!(matches!(&err, MigrateError::Failed { status, .. } if status == "cancelled"), "{err}");
+    assert_eq!(m.state("src").await.unwrap().label(), "prelaunch");
+
+    // The cancelled stream failed the destination (it exits); start a fresh one and complete.
+    let t = Instant::now();
+    while m.state("dst").await.unwrap().pid().is_some() {
+        assert!(t.elapsed() < Duration::from_secs(10), "destination still alive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m.start_incoming("dst").await.unwrap();
+    m.migrate_incoming("dst", &uri).await.unwrap();
+    m.set_migration_params("src", MigrationParams::default()).await.unwrap();
+    m.migrate_start("src", &uri).await.unwrap();
+    let done = m.wait_migration("src", Duration::from_secs(30), Duration::from_millis(20), |_| {}).await.unwrap();
+    assert_eq!(done.status, "completed");
+    assert!(done.total_time_ms.is_some());
+    assert_eq!(m.state("src").await.unwrap().label(), "postmigrate");
+    // The destination ends up where the source was: paused before launch (-S). It leaves
+    // `inmigrate` shortly after the source reports completion (it still loads device state).
+    let t = Instant::now();
+    let dst_state = loop {
+        let s = m.state("dst").await.unwrap().label();
+        if s != "inmigrate" || t.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(matches!(dst_state.as_str(), "prelaunch" | "paused"), "{dst_state}");
+    m.destroy("src").await.unwrap();
+    m.destroy("dst").await.unwrap();
+}

@@ -45,6 +45,13 @@ pub fn image_cache() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/ppn-guest"))
 }
 
+/// Booted-guest tests take this lock so that only one TCG guest boots at a time (two cores,
+/// shared with other builds): each test then stays well under a minute.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The booted-guest image, or `None` when `PPN_SKIP_GUEST=1`. Any other failure to build it
 /// fails the test with the builder's message.
 pub fn guest_image() -> Option<ppn_guest_agent::image::GuestImage> {
