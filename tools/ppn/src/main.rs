@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod bench;
 mod fleet;
 mod grant;
+mod guest;
 mod image;
 mod ledger;
 mod pair;
@@ -61,6 +62,11 @@ enum Command {
     Sdf {
         #[command(subcommand)]
         command: sdf::Command,
+    },
+    /// The guest the fabric's VMs boot: build it (Debian kernel, busybox, the agent), cached.
+    Guest {
+        #[command(subcommand)]
+        command: guest::Command,
     },
 }
 
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
             Command::Bench { command } => bench::run(command),
             Command::Image { command } => image::run(command),
             Command::Sdf { command } => sdf::run(command),
+            Command::Guest { command } => guest::run(command),
         }
     });
     match result {
