@@ -19,7 +19,7 @@ fn guest_spec(img: &ppn_guest_agent::image::GuestImage, name: &str) -> VmSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_grow_shrink_balloon_reattach_destroy() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let Some(img) = common::guest_image() else {
         return;
     };
@@ -99,7 +99,7 @@ async fn boot_grow_shrink_balloon_reattach_destroy() {
 /// with the plugged memory and the agent's counter continues there, never going back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_migration_keeps_the_guest_running() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let Some(img) = common::guest_image() else {
         return;
     };

@@ -47,9 +47,9 @@ pub fn image_cache() -> PathBuf {
 
 /// Booted-guest tests take this lock so that only one TCG guest boots at a time (two cores,
 /// shared with other builds): each test then stays well under a minute.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// The booted-guest image, or `None` when `PPN_SKIP_GUEST=1`. Any other failure to build it
