@@ -425,6 +425,51 @@ mod tests {
         assert!(v1.contains(&("cpuacct".into(), "/x".into())));
     }
 
+    // This machine has no usable cgroup v2 (see the integration test); the v2 path is checked
+    // on a directory laid out like a v2 hierarchy: the probe's decisions and the files written.
+    #[test]
+    fn v2_layout_probe_and_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
+        let config = CgroupConfig { root: root.to_path_buf(), parent: Some("/".into()), slice: "ppn.slice".into() };
+        // The slice needs its own controllers file once created: pre-create it as the kernel
+        // would populate it.
+        let slice = root.join("ppn.slice");
+        std::fs::create_dir(&slice).unwrap();
+        std::fs::write(slice.join("cgroup.subtree_control"), "").unwrap();
+        let support = probe(&config);
+        assert_eq!(support, CgroupSupport::V2 { slice: slice.clone() });
+        assert_eq!(std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(), "+cpu +memory");
+        let cg = VmCgroup::create(&support, "vm-1").unwrap();
+        assert_eq!(cg.dirs(), vec![slice.join("vm-1")]);
+        let applied = cg.apply(Weights { cpu: 300, memory: 100 }, 512).unwrap();
+        assert_eq!(applied.cpu, Some(300));
+        let read = |f: &str| std::fs::read_to_string(slice.join("vm-1").join(f)).unwrap();
+        assert_eq!(read("cpu.weight"), "300");
+        assert_eq!(read("memory.low"), (512 * MIB).to_string());
+        assert_eq!(read("memory.high"), ((512 + 64 + 32) * MIB).to_string());
+        assert_eq!(cg.read_back().unwrap(), applied);
+        assert!(matches!(cg.apply(Weights { cpu: 0, memory: 100 }, 512), Err(CgroupError::Weight(0))));
+    }
+
+    #[test]
+    fn v2_without_memory_controller_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("cgroup.controllers"), "hugetlb\n").unwrap();
+        let support =
+            probe(&CgroupConfig { root: root.to_path_buf(), parent: Some("/".into()), slice: "ppn.slice".into() });
+        match support {
+            CgroupSupport::Unavailable { reason } => {
+                assert!(reason.contains(r#"controllers ["cpu", "memory"] not available"#), "{reason}");
+                assert!(reason.contains("no v1 cpu hierarchy"), "{reason}");
+            }
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+    }
+
     #[test]
     fn unavailable_on_an_empty_root() {
         let dir = tempfile::tempdir().unwrap();

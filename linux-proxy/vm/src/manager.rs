@@ -161,7 +161,9 @@ pub enum StopOutcome {
     PoweredDown,
     /// `quit` ended QEMU after the powerdown timeout.
     Quit,
-    /// QEMU did not answer; SIGKILL.
+    /// QMP was not reachable; SIGTERM ended QEMU.
+    Terminated,
+    /// Neither QMP nor SIGTERM ended QEMU; SIGKILL.
     Killed,
 }
 
@@ -209,8 +211,10 @@ pub fn process_is_vm(pid: u32, qmp_socket: &Path) -> PidStatus {
         return PidStatus::Stale { pid, why: format!("process is a zombie (state {state})") };
     }
     let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
-    let needle = qmp_socket.to_string_lossy();
-    let ours = cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(needle.as_ref()));
+    // Exactly our `-qmp` argument: a substring test would let `/x/s/vm/qmp.sock` pass for
+    // `/s/vm/qmp.sock`.
+    let needle = format!("unix:{},", qmp_socket.to_string_lossy());
+    let ours = cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(needle.as_bytes()));
     if ours {
         PidStatus::Live(pid)
     } else {
@@ -278,6 +282,9 @@ impl VmManager {
     pub fn open_with(state_dir: impl Into<PathBuf>, options: ManagerOptions) -> Result<Self, ManagerError> {
         let root = state_dir.into();
         std::fs::create_dir_all(&root).map_err(io(&root))?;
+        // Absolute, so the socket paths on QEMU's command line (the re-attach key) do not
+        // depend on the working directory.
+        let root = std::fs::canonicalize(&root).map_err(io(&root))?;
         let accel = options.accel.unwrap_or_else(|| match std::env::var("PPN_VM_ACCEL").as_deref() {
             Ok("tcg") => Accel::Tcg,
             Ok("kvm") => Accel::Kvm,
@@ -533,7 +540,7 @@ impl VmManager {
     }
 
     /// Stop a VM: `system_powerdown`, wait up to `powerdown_timeout` for QEMU to exit, then
-    /// `quit`, then SIGKILL. Leaves the directory (spec) in place; removes pidfile and sockets.
+    /// `quit`; without QMP, SIGTERM then SIGKILL. Leaves the directory (spec) in place; removes pidfile and sockets.
     pub async fn stop(&self, name: &str, powerdown_timeout: Duration) -> Result<StopOutcome, ManagerError> {
         let paths = self.paths(name)?;
         if !paths.spec().exists() {
@@ -562,6 +569,13 @@ impl VmManager {
             }
         }
         if outcome == StopOutcome::Killed {
+            // No QMP (e.g. another client holds the monitor): SIGTERM, which QEMU handles like
+            // `quit`, then SIGKILL.
+            let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            if wait_gone(pid, &paths.qmp(), Duration::from_secs(5)).await {
+                self.cleanup_runtime(&paths);
+                return Ok(StopOutcome::Terminated);
+            }
             let _ = tokio::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().await;
             if !wait_gone(pid, &paths.qmp(), Duration::from_secs(5)).await {
                 return Err(ManagerError::Unkillable { name: name.into(), pid });

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Default time a command may take before [`QmpError::Timeout`].
@@ -93,7 +93,7 @@ pub struct QmpClient {
     pending: Pending,
     next_id: AtomicU64,
     events: broadcast::Sender<QmpEvent>,
-    closed: Arc<AtomicBool>,
+    closed_rx: watch::Receiver<bool>,
     reader: JoinHandle<()>,
     version: (u64, u64, u64),
     timeout: Duration,
@@ -145,15 +145,15 @@ impl QmpClient {
 
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(256);
-        let closed = Arc::new(AtomicBool::new(false));
-        let reader = tokio::spawn(read_loop(lines, pending.clone(), events.clone(), closed.clone()));
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let reader = tokio::spawn(read_loop(lines, pending.clone(), events.clone(), closed_tx));
         let client = QmpClient {
             path: path.to_path_buf(),
             writer: tokio::sync::Mutex::new(write),
             pending,
             next_id: AtomicU64::new(1),
             events,
-            closed,
+            closed_rx,
             reader,
             version,
             timeout,
@@ -174,7 +174,7 @@ impl QmpClient {
 
     /// Whether the connection has ended (QEMU exited or closed it).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        *self.closed_rx.borrow()
     }
 
     /// Events from now on. Subscribe before issuing the command whose effect you wait for.
@@ -213,6 +213,11 @@ impl QmpClient {
         line.push(b'\n');
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
+        if self.is_closed() {
+            // The reader may have ended (and cleared `pending`) just before the insert.
+            lock(&self.pending).remove(&id);
+            return Err(QmpError::Closed { doing: format!("sending {}", C::NAME) });
+        }
         let sent = async {
             let mut w = self.writer.lock().await;
             w.write_all(&line).await?;
@@ -246,16 +251,24 @@ impl QmpClient {
         timeout: Duration,
         mut pick: impl FnMut(&QmpEvent) -> Option<T>,
     ) -> Result<T, QmpError> {
+        let mut closed = self.closed_rx.clone();
         let fut = async {
             loop {
-                match rx.recv().await {
-                    Ok(ev) => {
-                        if let Some(t) = pick(&ev) {
-                            return Ok(t);
+                tokio::select! {
+                    biased;
+                    ev = rx.recv() => match ev {
+                        Ok(ev) => {
+                            if let Some(t) = pick(&ev) {
+                                return Ok(t);
+                            }
                         }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(QmpError::Closed { doing: format!("waiting for {what}") });
+                        }
+                    },
+                    _ = closed.wait_for(|c| *c) => {
+                        // Events already queued were delivered first (biased); none will follow.
                         return Err(QmpError::Closed { doing: format!("waiting for {what}") });
                     }
                 }
@@ -269,19 +282,14 @@ impl QmpClient {
 
     /// Wait until the connection closes (QEMU exited), at most `timeout`.
     pub async fn wait_closed(&self, timeout: Duration) -> Result<(), QmpError> {
-        let mut rx = self.subscribe();
-        let fut = async {
-            while !self.is_closed() {
-                match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
-                    Err(_) | Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
-                    Ok(Err(broadcast::error::RecvError::Closed)) => break,
-                }
-            }
-        };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| QmpError::WaitTimeout {
-            what: format!("QMP connection {} to close", self.path.display()),
-            after: timeout,
-        })
+        let mut closed = self.closed_rx.clone();
+        match tokio::time::timeout(timeout, closed.wait_for(|c| *c)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(QmpError::WaitTimeout {
+                what: format!("QMP connection {} to close", self.path.display()),
+                after: timeout,
+            }),
+        }
     }
 
     // Typed conveniences used by the manager.
@@ -315,7 +323,7 @@ async fn read_loop(
     mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     pending: Pending,
     events: broadcast::Sender<QmpEvent>,
-    closed: Arc<AtomicBool>,
+    closed: watch::Sender<bool>,
 ) {
     while let Ok(Some(line)) = lines.next_line().await {
         let Ok(msg) = serde_json::from_str::<Value>(&line) else {
@@ -351,6 +359,91 @@ async fn read_loop(
             let _ = tx.send(reply);
         }
     }
-    closed.store(true, Ordering::SeqCst);
-    lock(&pending).clear(); // wakes waiters with Closed
+    lock(&pending).clear(); // wakes command waiters with Closed
+    let _ = closed.send(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    // What a real QEMU cannot be made to send on demand: an event unknown to `qapi`'s schema,
+    // an event whose fields differ from it, and a non-JSON line. A scripted peer sends them between
+    // real-shaped replies; the connection must survive all three.
+    #[tokio::test]
+    async fn unknown_events_and_garbage_do_not_end_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let peer = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            w.write_all(
+                b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \
+                  \"package\": \"test\"}, \"capabilities\": [\"oob\"]}}\n",
+            )
+            .await
+            .unwrap();
+            let mut commands = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let id = v["id"].clone();
+                let name = v["execute"].as_str().unwrap().to_string();
+                commands.push(v.clone());
+                if name == "query-status" {
+                    w.write_all(
+                        b"{\"event\": \"FUTURE_EVENT\", \"data\": {\"x\": 1}, \
+                        \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\n",
+                    )
+                    .await
+                    .unwrap();
+                    w.write_all(
+                        b"{\"event\": \"MEMORY_DEVICE_SIZE_CHANGE\", \
+                        \"data\": {\"id\": \"vmem0dev\", \"size\": 2097152}, \
+                        \"timestamp\": {\"seconds\": 1, \"microseconds\": 3}}\n",
+                    )
+                    .await
+                    .unwrap();
+                    w.write_all(b"this is not json\n").await.unwrap();
+                    let reply = serde_json::json!({"return": {"status": "running",
+                        "singlestep": false, "running": true}, "id": id});
+                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                } else if name == "qom-get" {
+                    let reply = serde_json::json!({"error": {"class": "DeviceNotFound",
+                        "desc": "Device 'x' not found"}, "id": id});
+                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                } else {
+                    let reply = serde_json::json!({"return": {}, "id": id});
+                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                }
+            }
+            commands
+        });
+        let c = QmpClient::connect(&path, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(c.qemu_version(), (7, 2, 22));
+        let mut rx = c.subscribe();
+        let st = c.query_status().await.unwrap();
+        assert!(st.running);
+        let future = rx.recv().await.unwrap();
+        assert_eq!(future.name, "FUTURE_EVENT");
+        assert!(future.typed.is_none());
+        assert_eq!(future.timestamp_us, 1_000_002);
+        // A MEMORY_DEVICE_SIZE_CHANGE without the `qom-path` the schema requires (QEMU 7.2 does
+        // send it; older ones did not): kept raw, not typed, and the stream goes on.
+        let size = rx.recv().await.unwrap();
+        assert_eq!(size.data["size"], 2_097_152);
+        let err = c.qom_get_u64("x", "size").await.unwrap_err();
+        assert!(err.to_string().contains("DeviceNotFound: Device 'x' not found"), "{err}");
+        c.execute(qmp::cont {}).await.unwrap();
+        drop(c);
+        let commands = peer.await.unwrap();
+        let names: Vec<&str> = commands.iter().map(|v| v["execute"].as_str().unwrap()).collect();
+        assert_eq!(names, ["qmp_capabilities", "query-status", "qom-get", "cont"]);
+        // Every command carried a distinct numeric id.
+        let ids: Vec<u64> = commands.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+    }
 }
