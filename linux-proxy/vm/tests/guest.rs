@@ -50,10 +50,31 @@ async fn boot_grow_shrink_balloon_reattach_destroy() {
     let mem = m.memory(name).await.unwrap();
     assert_eq!((mem.plugged_mib, mem.requested_mib), (512, 512));
 
+    // The plug is announced by a MEMORY_DEVICE_SIZE_CHANGE that qapi's schema decodes.
+    {
+        let c = m.qmp(name).await.unwrap();
+        let mut rx = c.subscribe();
+        c.qom_set("vmem0dev", "requested-size", (544u64 << 20).into()).await.unwrap();
+        let size = c
+            .wait_event(&mut rx, "MEMORY_DEVICE_SIZE_CHANGE", Duration::from_secs(10), |ev| match &ev.typed {
+                Some(qapi::qmp::Event::MEMORY_DEVICE_SIZE_CHANGE { data, .. }) if data.size == 544 << 20 => {
+                    Some(data.clone())
+                }
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(size.id.as_deref(), Some("vmem0dev"));
+        assert!(size.qom_path.ends_with("vmem0dev"), "{}", size.qom_path);
+    }
+
     // Shrink back to 0.
     let unplug = m.resize_vmem_and_wait(name, 0, Duration::from_secs(30)).await.unwrap();
     let shrunk = agent.wait_mem_total_at_most(total0, Duration::from_secs(10)).await.unwrap();
-    eprintln!("unplug 512 MiB: size reached in {unplug:?}; MemTotal {} KiB", shrunk.report.mem_total_kib);
+    eprintln!(
+        "unplug 544 MiB (512 + the 32 of the event check): size reached in {unplug:?}; MemTotal {} KiB",
+        shrunk.report.mem_total_kib
+    );
     assert_eq!(m.memory(name).await.unwrap().plugged_mib, 0);
 
     // Balloon: target 192 MiB shows in query-balloon, and the guest loses the pages.

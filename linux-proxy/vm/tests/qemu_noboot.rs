@@ -183,7 +183,14 @@ async fn qmp_commands_events_and_exclusive_monitor() {
     assert!(!c.query_status().await.unwrap().running);
 
     // quit: SHUTDOWN event, then the connection closes.
+    let mut rx = c.subscribe();
     let _ = c.execute(qapi::qmp::quit {}).await;
+    let shutdown = c
+        .wait_event(&mut rx, "SHUTDOWN", Duration::from_secs(5), |ev| (ev.name == "SHUTDOWN").then(|| ev.clone()))
+        .await
+        .unwrap();
+    assert_eq!(shutdown.data["reason"], "host-qmp-quit");
+    assert!(matches!(shutdown.typed, Some(qapi::qmp::Event::SHUTDOWN { .. })));
     c.wait_closed(Duration::from_secs(5)).await.unwrap();
     assert!(c.is_closed());
     let err = c.query_status().await.unwrap_err();
