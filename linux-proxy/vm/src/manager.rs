@@ -26,9 +26,7 @@ use serde_json::Value;
 
 use crate::cgroup::{self, CgroupConfig, CgroupSupport, VmCgroup};
 use crate::qmp::{QmpClient, QmpError};
-use crate::spec::{
-    self, Accel, BALLOON_DEVICE_ID, LaunchMode, SpecError, VMEM_BLOCK_MIB, VMEM_DEVICE_ID, VmPaths, VmSpec, build_argv,
-};
+use crate::spec::{self, Accel, LaunchMode, SpecError, VMEM_BLOCK_MIB, VMEM_DEVICE_ID, VmPaths, VmSpec, build_argv};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -725,7 +723,6 @@ async fn memory_of(c: &QmpClient, spec: &VmSpec) -> Result<MemoryInfo, QmpError>
     let requested = c.qom_get_u64(VMEM_DEVICE_ID, "requested-size").await?;
     // query-balloon fails (DeviceNotActive) until the guest driver is up.
     let balloon = c.execute(qmp::query_balloon {}).await.ok();
-    let _ = BALLOON_DEVICE_ID;
     Ok(MemoryInfo {
         base_mib: spec.base_mib,
         plugged_mib: plugged / MIB,

@@ -144,7 +144,9 @@ async fn loopback_migration_keeps_the_guest_running() {
     m.migrate_incoming("mig-dst", &uri).await.unwrap();
 
     // Source: parameters, go, follow progress.
-    m.set_migration_params("mig-src", MigrationParams::default()).await.unwrap();
+    // A tight downtime limit: an idle guest converges well within it on loopback.
+    let params = MigrationParams { downtime_limit_ms: 50, max_bandwidth: 1 << 30 };
+    m.set_migration_params("mig-src", params).await.unwrap();
     let before = agent.next_report(Duration::from_secs(5)).await.unwrap();
     drop(agent);
     let t0 = Instant::now();
@@ -156,7 +158,7 @@ async fn loopback_migration_keeps_the_guest_running() {
         .unwrap();
     let wall = t0.elapsed();
     eprintln!(
-        "migration: wall {wall:?}, total {:?} ms, downtime {:?} ms, setup {:?} ms, \
+        "migration ({params:?}): wall {wall:?}, total {:?} ms, downtime {:?} ms, setup {:?} ms, \
          transferred {} MiB of {} MiB RAM, {:.0} Mbit/s, {} progress samples",
         done.total_time_ms,
         done.downtime_ms,
@@ -167,7 +169,10 @@ async fn loopback_migration_keeps_the_guest_running() {
         samples.len()
     );
     assert_eq!(done.status, "completed");
-    assert!(done.downtime_ms.is_some() && done.total_time_ms.is_some());
+    assert!(done.total_time_ms.is_some());
+    // The limit is QEMU's target, not a guarantee (2 loaded cores); 10x is a regression.
+    let downtime = done.downtime_ms.expect("downtime of a completed migration");
+    assert!(downtime < 10 * params.downtime_limit_ms, "downtime {downtime} ms");
     assert!(done.transferred_bytes > 0);
     // Progress went through active with bytes moving, never backwards.
     let transferred: Vec<u64> = samples.iter().map(|p| p.transferred_bytes).collect();
