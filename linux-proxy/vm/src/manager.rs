@@ -419,7 +419,14 @@ impl VmManager {
                 });
             }
         };
-        let client = self.connect_retry(name, &paths, t0).await?;
+        let client = match self.connect_retry(name, &paths, t0).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Do not leave an unreachable QEMU behind a failed start.
+                let _ = self.stop(name, Duration::ZERO).await;
+                return Err(e);
+            }
+        };
         let boot_to_qmp = t0.elapsed();
         drop(client);
         let cgroup = self.place_in_cgroup(&spec, pid, spec.base_mib);
