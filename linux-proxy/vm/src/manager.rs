@@ -80,6 +80,8 @@ pub enum ManagerError {
     BalloonTarget { name: String, mib: u64, max: u64 },
     #[error("VM {name}: virtio-mem size stayed at {size_mib} MiB, wanted {want_mib} MiB, after {after:?}")]
     VmemTimeout { name: String, size_mib: u64, want_mib: u64, after: Duration },
+    #[error("VM {name} is busy: another start/stop/destroy holds {lock} (waited {after:?})")]
+    Busy { name: String, lock: PathBuf, after: Duration },
     #[error("VM {name}: process {pid} still alive after quit and SIGKILL")]
     Unkillable { name: String, pid: u32 },
 }
@@ -366,6 +368,7 @@ impl VmManager {
         let spec = self.spec(name)?;
         spec.validate()?;
         let paths = self.paths(name)?;
+        let _lock = self.op_lock(name, &paths).await?;
         if let PidStatus::Live(pid) = pid_status(&paths) {
             return Err(ManagerError::AlreadyRunning { name: name.into(), pid });
         }
@@ -423,7 +426,7 @@ impl VmManager {
             Ok(c) => c,
             Err(e) => {
                 // Do not leave an unreachable QEMU behind a failed start.
-                let _ = self.stop(name, Duration::ZERO).await;
+                let _ = self.stop_locked(name, &paths, Duration::ZERO).await;
                 return Err(e);
             }
         };
@@ -551,6 +554,41 @@ impl VmManager {
         if !paths.spec().exists() {
             return Err(ManagerError::NotFound(name.into()));
         }
+        let _lock = self.op_lock(name, &paths).await?;
+        self.stop_locked(name, &paths, powerdown_timeout).await
+    }
+
+    /// Serialize start/stop/destroy of one VM across tasks and processes: an exclusive `flock`
+    /// on `DIR/lock`, held until the returned file is dropped.
+    async fn op_lock(&self, name: &str, paths: &VmPaths) -> Result<std::fs::File, ManagerError> {
+        let path = paths.dir.join("lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound { ManagerError::NotFound(name.into()) } else { io(&path)(e) }
+        })?;
+        let t0 = Instant::now();
+        loop {
+            match file.try_lock() {
+                // A destroy may have removed the VM while we waited.
+                Ok(()) if !paths.spec().exists() => return Err(ManagerError::NotFound(name.into())),
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < self.options.start_timeout => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ManagerError::Busy { name: name.into(), lock: path, after: t0.elapsed() });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
+        }
+    }
+
+    async fn stop_locked(
+        &self,
+        name: &str,
+        paths: &VmPaths,
+        powerdown_timeout: Duration,
+    ) -> Result<StopOutcome, ManagerError> {
+        let paths = paths.clone();
         let pid = match pid_status(&paths) {
             PidStatus::Live(pid) => pid,
             _ => {
@@ -619,8 +657,12 @@ impl VmManager {
         if !paths.dir.exists() {
             return Err(ManagerError::NotFound(name.into()));
         }
-        let outcome =
-            if paths.spec().exists() { self.stop(name, Duration::ZERO).await? } else { StopOutcome::AlreadyStopped };
+        let _lock = self.op_lock(name, &paths).await?;
+        let outcome = if paths.spec().exists() {
+            self.stop_locked(name, &paths, Duration::ZERO).await?
+        } else {
+            StopOutcome::AlreadyStopped
+        };
         self.remove_cgroup(name).await;
         std::fs::remove_dir_all(&paths.dir).map_err(io(&paths.dir))?;
         Ok(outcome)

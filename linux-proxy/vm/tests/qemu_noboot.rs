@@ -306,3 +306,39 @@ async fn migration_cancel_then_complete_without_guest() {
     m.destroy("src").await.unwrap();
     m.destroy("dst").await.unwrap();
 }
+
+/// Two managers (as two processes would) start the same VM at once: the per-VM lock lets one
+/// launch QEMU, the other then sees it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_run_one_qemu() {
+    let e = env();
+    let a = VmManager::open(&e.state).unwrap();
+    let b = VmManager::open(&e.state).unwrap();
+    a.create(&paused_spec(&e.dir, "vm-c")).unwrap();
+    let (ra, rb) = tokio::join!(a.start("vm-c"), b.start("vm-c"));
+    let (ok, err) = match (ra, rb) {
+        (Ok(s), Err(e)) | (Err(e), Ok(s)) => (s, e),
+        other => panic!("expected exactly one start to succeed: {other:?}"),
+    };
+    assert!(matches!(err, ManagerError::AlreadyRunning { pid, .. } if pid == ok.pid), "{err}");
+    // Exactly one QEMU carries this VM's QMP socket.
+    let qmp_arg = format!("unix:{},", a.paths("vm-c").unwrap().qmp().display());
+    let mut ours = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(qmp_arg.as_bytes())) {
+            ours += 1;
+        }
+    }
+    assert_eq!(ours, 1);
+    // Stop and destroy from the two managers at once: whichever runs first ends QEMU, the
+    // other finds it stopped (stop after destroy: the VM is gone).
+    let (sa, sb) = tokio::join!(a.stop("vm-c", Duration::ZERO), b.destroy("vm-c"));
+    match (&sa, &sb) {
+        (Ok(StopOutcome::Quit), Ok(StopOutcome::AlreadyStopped)) => {}
+        (Err(ManagerError::NotFound(_)), Ok(StopOutcome::Quit)) => {}
+        other => panic!("unexpected outcomes {other:?}"),
+    }
+    assert!(!e.state.join("vm-c").exists());
+    assert!(!matches!(ppn_vm::manager::process_is_vm(ok.pid, &e.state.join("vm-c/qmp.sock")), PidStatus::Live(_)));
+}
