@@ -212,7 +212,8 @@ fn guest_boots_reports_and_follows_virtio_mem_plug_and_unplug() {
     let qemu = Qemu { child, console };
 
     let stream = connect_retry(&agent_sock, Duration::from_secs(10));
-    let (rx, reader) = reader(stream);
+    let control = stream.try_clone().unwrap();
+    let (rx, first_reader) = reader(stream);
     let mut last = Report::default();
     let first = wait_for(&qemu, &rx, &mut last, Duration::from_secs(40), "the first report", |_| true);
     let boot = first.at - booted;
@@ -258,9 +259,24 @@ fn guest_boots_reports_and_follows_virtio_mem_plug_and_unplug() {
     let size = qmp.execute("qom-get", serde_json::json!({"path": "/machine/peripheral/vmem0dev", "property": "size"}));
     assert_eq!(size.as_u64(), Some(0), "virtio-mem size after unplug");
 
+    // The host goes away and comes back: the agent keeps going (the reports it could not
+    // deliver take their numbers), the new connection resynchronises.
+    control.shutdown(std::net::Shutdown::Both).unwrap();
+    let errors = first_reader.join().expect("reader thread");
+    assert_eq!(errors, 0, "decode errors after the stream synchronised");
+    drop(rx);
+    std::thread::sleep(Duration::from_millis(500));
+    let (rx, second_reader) = reader(connect_retry(&agent_sock, Duration::from_secs(5)));
+    let before = last;
+    let again = wait_for(&qemu, &rx, &mut last, Duration::from_secs(10), "a report after reconnecting", |_| true);
+    let missed = again.report.counter - before.counter - 1;
+    eprintln!("reconnected: {missed} reports not delivered while the host was away");
+    assert!(missed >= 5, "the agent did not keep counting while the host was away: {missed} missed in 500 ms");
+    assert_eq!(again.report.mem_total_kib, unplugged.report.mem_total_kib);
+
     drop(qmp);
     drop(rx);
     drop(qemu);
-    let errors = reader.join().expect("reader thread");
-    assert_eq!(errors, 0, "decode errors after the stream synchronised");
+    let errors = second_reader.join().expect("reader thread");
+    assert_eq!(errors, 0, "decode errors after the stream synchronised (second connection)");
 }

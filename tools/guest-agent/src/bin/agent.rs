@@ -10,6 +10,12 @@ use ppn_guest_agent::agent::{find_port, read_meminfo};
 use ppn_guest_agent::report::Report;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+
+/// A line on stderr (the serial console). Never panics, unlike `eprintln!`: the agent must not
+/// die because the console is gone.
+fn console(line: &str) {
+    let _ = writeln!(std::io::stderr(), "ppn-guest-agent: {line}");
+}
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,9 +39,9 @@ impl Log {
             return;
         }
         if self.suppressed > 0 {
-            eprintln!("ppn-guest-agent: {msg} ({} similar messages suppressed)", self.suppressed);
+            console(&format!("{msg} ({} similar messages suppressed)", self.suppressed));
         } else {
-            eprintln!("ppn-guest-agent: {msg}");
+            console(msg);
         }
         self.last = Some(now);
         self.suppressed = 0;
@@ -75,7 +81,7 @@ fn main() {
         if port.is_none() {
             match open_port() {
                 Ok(f) => {
-                    eprintln!("ppn-guest-agent: reporting on the port {PORT_NAME}");
+                    console(&format!("reporting on the port {PORT_NAME}"));
                     port = Some(f);
                 }
                 Err(e) => log.say(&e),
@@ -85,7 +91,7 @@ fn main() {
             match f.write(&frame) {
                 Ok(n) if n == frame.len() => {
                     if !announced {
-                        eprintln!("ppn-guest-agent: first report delivered (counter {counter})");
+                        console(&format!("first report delivered (counter {counter})"));
                         announced = true;
                     }
                 }
