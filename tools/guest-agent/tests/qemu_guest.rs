@@ -259,6 +259,28 @@ fn guest_boots_reports_and_follows_virtio_mem_plug_and_unplug() {
     let size = qmp.execute("qom-get", serde_json::json!({"path": "/machine/peripheral/vmem0dev", "property": "size"}));
     assert_eq!(size.as_u64(), Some(0), "virtio-mem size after unplug");
 
+    // The balloon: ask for 64 MiB back (the guest at 192 MiB), watch the agent's MemTotal
+    // drop by it and QEMU's view follow, then deflate.
+    let inflate = Instant::now();
+    qmp.execute("balloon", serde_json::json!({"value": 192u64 * 1024 * 1024}));
+    let ballooned = wait_for(&qemu, &rx, &mut last, Duration::from_secs(20), "MemTotal to drop by the balloon", |r| {
+        r.mem_total_kib <= total0 - 60 * MIB_KIB
+    });
+    eprintln!(
+        "balloon to 192 MiB: MemTotal {} KiB after {:.2} s",
+        ballooned.report.mem_total_kib,
+        (ballooned.at - inflate).as_secs_f64()
+    );
+    let actual = qmp.execute("query-balloon", serde_json::json!({}));
+    assert!(
+        actual["actual"].as_u64().is_some_and(|a| a <= 196 * 1024 * 1024),
+        "query-balloon after inflating: {actual}"
+    );
+    qmp.execute("balloon", serde_json::json!({"value": 256u64 * 1024 * 1024}));
+    let unplugged = wait_for(&qemu, &rx, &mut last, Duration::from_secs(20), "MemTotal back after deflating", |r| {
+        r.mem_total_kib >= total0
+    });
+
     // The host goes away and comes back: the agent keeps going (the reports it could not
     // deliver take their numbers), the new connection resynchronises.
     control.shutdown(std::net::Shutdown::Both).unwrap();
