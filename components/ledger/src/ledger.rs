@@ -8,7 +8,7 @@ use crate::token::{Claims, TokenBytes, TokenKey};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signer, VerifyingKey};
 use ppn_journal::{Journal, MAX_RECORD, Storage};
 use ppn_node_core::{NodeKeys, node_id_of};
 use ppn_wire::ErrorCode;
@@ -533,6 +533,51 @@ impl<S: Storage> Ledger<S> {
         }
     }
 
+    /// Endorses a token this node issued: signs `"ppn/endorse/v1" ‖ token` with this node's
+    /// Ed25519 key, so that any member (who knows the key from the ledger, but not the grant
+    /// key) can check it with [`Ledger::verify_endorsed`]. Only a token [`Ledger::verify`] finds
+    /// valid now is endorsed.
+    pub fn endorse(&self, token: &[u8], now_unix_s: u64) -> Result<Signature, Refusal> {
+        match self.verify(token, now_unix_s) {
+            Verdict::Valid => {}
+            Verdict::Malformed => return Err(refuse(ErrorCode::Rejected, "not a token")),
+            Verdict::BadTag => return Err(refuse(ErrorCode::Rejected, "this node did not issue the token")),
+            Verdict::Expired => return Err(refuse(ErrorCode::Rejected, "the token has expired")),
+            _ => return Err(refuse(ErrorCode::Rejected, "the token, its issuer or its grantee is revoked")),
+        }
+        let signature = self.keys.signing_key().sign(&endorsement_message(token));
+        Ok(ppn_wire::ByteArray(signature.to_bytes()))
+    }
+
+    /// Checks a token another member issued, by its endorsement. The first rule that fails
+    /// answers: `Malformed`; `UnknownIssuer` (no key for the issuer in this ledger);
+    /// `BadEndorsement` (the signature does not check, strictly, under the issuer's key);
+    /// `Expired` (this TCB's clock); `IssuerRevoked`; `UnknownIssuer` again when the issuer's
+    /// admission is void ([`Ledger::is_trusted`]); `GranteeRevoked`; `GrantRevoked`; else
+    /// `Valid`. It says nothing about who the grantee is: the caller compares it.
+    pub fn verify_endorsed(&self, token: &[u8], signature: &Signature, now_unix_s: u64) -> Verdict {
+        let Ok(t) = TokenBytes::parse(token) else { return Verdict::Malformed };
+        let c = t.claims();
+        let Some(key) = self.author_key(&c.issuer) else { return Verdict::UnknownIssuer };
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        if key.verify_strict(&endorsement_message(token), &sig).is_err() {
+            return Verdict::BadEndorsement;
+        }
+        if c.expires_unix_s <= now_unix_s {
+            Verdict::Expired
+        } else if self.revocations.node_revoked(&c.issuer) {
+            Verdict::IssuerRevoked
+        } else if !self.is_trusted(&c.issuer) {
+            Verdict::UnknownIssuer
+        } else if self.revocations.node_revoked(&c.grantee) {
+            Verdict::GranteeRevoked
+        } else if self.revocations.grant_revoked(&c.issuer, c.sequence) {
+            Verdict::GrantRevoked
+        } else {
+            Verdict::Valid
+        }
+    }
+
     /// Current heads, up to what a frame carries (highest first when there are more).
     pub fn heads(&self) -> Heads {
         let mut ids: Vec<RecordId> = self.dag.heads().copied().collect();
@@ -654,6 +699,22 @@ impl<S: Storage> Ledger<S> {
             LedgerRequest::Summary => LedgerResponse::Summary(self.summary()),
             LedgerRequest::Roots => LedgerResponse::Roots(self.root_keys()),
             LedgerRequest::Members => LedgerResponse::Members(self.members()),
+            LedgerRequest::Endorse(e) => {
+                LedgerResponse::Endorse(Endorsement { signature: self.endorse(&e.token, now_unix_s)? })
+            }
+            LedgerRequest::VerifyEndorsed(v) => LedgerResponse::VerifyEndorsed(TokenVerdict {
+                verdict: self.verify_endorsed(&v.token, &v.signature, now_unix_s),
+            }),
         })
     }
+}
+
+/// Domain of token endorsements (docs/ledger.md §2a).
+const ENDORSE_DOMAIN: &[u8] = b"ppn/endorse/v1";
+
+fn endorsement_message(token: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ENDORSE_DOMAIN.len() + token.len());
+    m.extend_from_slice(ENDORSE_DOMAIN);
+    m.extend_from_slice(token);
+    m
 }

@@ -387,3 +387,53 @@ fn a_root_added_by_pairing_is_journaled_and_survives_a_reopen() {
     assert!(b.roots().get(&peer.node_id()).is_some() && b.is_trusted(&peer.node_id()));
     assert!(b.revocations().node_revoked(&other()));
 }
+
+#[test]
+fn endorsed_tokens_every_verdict() {
+    let r = roots(&[1, 2, 4]);
+    let mut issuer = ledger(1, &r);
+    let mut checker = ledger(2, &r);
+    let share = |from: &mut Ledger<MemStorage>, body: Body, to: &mut Ledger<MemStorage>| {
+        let id = from.author(body, NOW).unwrap();
+        assert_eq!(to.ingest(&from.dag().get(&id).unwrap().bytes).unwrap(), IngestOutcome::Accepted);
+    };
+    let grantee = keys(4).node_id();
+    let (t, seq) = grant(&mut issuer, grantee);
+    let sig = issuer.endorse(&t, NOW).unwrap();
+    assert_eq!(checker.verify_endorsed(&t, &sig, NOW), Verdict::Valid);
+    // The issuer's own check agrees; the grant key stays the issuer's.
+    assert_eq!(issuer.verify_endorsed(&t, &sig, NOW), Verdict::Valid);
+    assert_eq!(checker.verify(&t, NOW), Verdict::BadTag);
+
+    assert_eq!(checker.verify_endorsed(&t[..59], &sig, NOW), Verdict::Malformed);
+    let mut bad_sig = sig;
+    bad_sig.0[3] ^= 1;
+    assert_eq!(checker.verify_endorsed(&t, &bad_sig, NOW), Verdict::BadEndorsement);
+    // A claim changed after endorsement (a longer expiry): the signature no longer covers it.
+    let mut stretched = t.clone();
+    stretched[28] ^= 0x10;
+    assert_eq!(checker.verify_endorsed(&stretched, &sig, NOW), Verdict::BadEndorsement);
+    assert_eq!(checker.verify_endorsed(&t, &sig, NOW + 60), Verdict::Expired);
+    // An issuer this ledger has no key for.
+    let mut stranger = ledger(3, &roots(&[3]));
+    let (t3, _) = grant(&mut stranger, grantee);
+    let sig3 = stranger.endorse(&t3, NOW).unwrap();
+    assert_eq!(checker.verify_endorsed(&t3, &sig3, NOW), Verdict::UnknownIssuer);
+
+    // Endorse refuses what the issuer itself would not accept.
+    assert_eq!(issuer.endorse(&t3, NOW).unwrap_err().detail, "this node did not issue the token");
+    assert_eq!(issuer.endorse(&t, NOW + 60).unwrap_err().detail, "the token has expired");
+    assert_eq!(issuer.endorse(&t[..10], NOW).unwrap_err().detail, "not a token");
+
+    // Revocations reach the checker as records.
+    share(&mut issuer, Body::GrantRevoked { issuer: keys(1).node_id(), first: seq, last: seq }, &mut checker);
+    assert_eq!(checker.verify_endorsed(&t, &sig, NOW), Verdict::GrantRevoked);
+    assert!(issuer.endorse(&t, NOW).is_err());
+    let (t5, _) = grant(&mut issuer, grantee);
+    let sig5 = issuer.endorse(&t5, NOW).unwrap();
+    assert_eq!(checker.verify_endorsed(&t5, &sig5, NOW), Verdict::Valid);
+    share(&mut checker, Body::NodeRevoked { node: grantee }, &mut issuer);
+    assert_eq!(checker.verify_endorsed(&t5, &sig5, NOW), Verdict::GranteeRevoked);
+    share(&mut checker, Body::NodeRevoked { node: keys(1).node_id() }, &mut issuer);
+    assert_eq!(checker.verify_endorsed(&t5, &sig5, NOW), Verdict::IssuerRevoked);
+}

@@ -19,32 +19,50 @@ use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
 use ppn_wire::{ErrorCode, Header, Request, Response};
 use zeroize::Zeroizing;
 
+pub mod lender;
 pub mod pair;
 
+pub use lender::{LedgerPort, LenderOpen, LenderService, Scrub};
 pub use pair::Entropy;
 
-/// Services and whether this build answers them.
-pub const SERVICES: [ServiceStatus; 5] = [
-    ServiceStatus { service: 0x01, state: ServiceState::Ready },
-    ServiceStatus { service: 0x02, state: ServiceState::Ready },
-    ServiceStatus { service: 0x03, state: ServiceState::NotImplemented },
-    ServiceStatus { service: 0x04, state: ServiceState::NotImplemented },
-    ServiceStatus { service: 0x05, state: ServiceState::Ready },
-];
+/// Services and whether this build answers them: the lender only when the platform gave the
+/// TCB a pool ([`TcbCore::with_lender`]).
+fn services(lender: bool) -> [ServiceStatus; 5] {
+    let state = |on: bool| if on { ServiceState::Ready } else { ServiceState::NotImplemented };
+    [
+        ServiceStatus { service: 0x01, state: ServiceState::Ready },
+        ServiceStatus { service: 0x02, state: ServiceState::Ready },
+        ServiceStatus { service: 0x03, state: state(lender) },
+        ServiceStatus { service: 0x04, state: ServiceState::NotImplemented },
+        ServiceStatus { service: 0x05, state: ServiceState::Ready },
+    ]
+}
 
-/// The node and ledger cores, the pairing session, and the counters `NodeStatus` reports.
+/// The node and ledger cores, the pairing session, the lender (when this node lends), and the
+/// counters `NodeStatus` reports.
 #[derive(Debug)]
 pub struct TcbCore<S: Storage> {
     node: NodeCore,
     ledger: Ledger<S>,
     pairing: pair::Pairing,
+    lender: Option<LenderService<S>>,
     served: u64,
     failed: u64,
 }
 
 impl<S: Storage> TcbCore<S> {
     pub fn new(node: NodeCore, ledger: Ledger<S>) -> Self {
-        Self { node, ledger, pairing: pair::Pairing::new(None), served: 0, failed: 0 }
+        Self { node, ledger, pairing: pair::Pairing::new(None), lender: None, served: 0, failed: 0 }
+    }
+
+    /// Gives the TCB a pool of lendable memory: the Lender service answers from then on.
+    pub fn with_lender(mut self, lender: LenderService<S>) -> Self {
+        self.lender = Some(lender);
+        self
+    }
+
+    pub fn lender(&self) -> Option<&LenderService<S>> {
+        self.lender.as_ref()
     }
 
     /// Gives the pairing service its entropy source (without one, `PairBegin` is refused).
@@ -70,12 +88,15 @@ impl<S: Storage> TcbCore<S> {
                     uptime_ms,
                     requests_served: self.served,
                     requests_failed: self.failed,
-                    services: &SERVICES,
+                    services: &services(self.lender.is_some()),
                 };
                 Response::Node(self.node.handle(r, &rt))
             }
             Request::Ledger(r) => match self.ledger.handle(r, now_unix_s) {
-                Ok(answer) => Response::Ledger(answer),
+                Ok(answer) => {
+                    self.sync_lender(now_unix_s);
+                    Response::Ledger(answer)
+                }
                 Err(refusal) => Response::error(refusal.code, refusal.detail),
             },
             Request::Pair(r) => {
@@ -87,8 +108,16 @@ impl<S: Storage> TcbCore<S> {
                         self.pairing.decide(d, &mut self.ledger, uptime_ms, now_unix_s).map(PairResponse::Decide)
                     }
                 };
+                self.sync_lender(now_unix_s);
                 match answer {
                     Ok(a) => Response::Pair(a),
+                    Err((code, detail)) => Response::error(code, &detail),
+                }
+            }
+            Request::Lender(r) if self.lender.is_some() => {
+                let lender = self.lender.as_mut().expect("checked by the guard");
+                match lender.handle(r, &mut self.ledger, now_unix_s) {
+                    Ok(a) => Response::Lender(a),
                     Err((code, detail)) => Response::error(code, &detail),
                 }
             }
@@ -102,6 +131,14 @@ impl<S: Storage> TcbCore<S> {
             _ => self.served += 1,
         }
         response
+    }
+
+    /// After a ledger change: the lender ends what the ledger revoked. A failure (journal
+    /// trouble) is not the ledger request's; the next lender request meets and answers it.
+    fn sync_lender(&mut self, now_unix_s: u64) {
+        if let Some(lender) = self.lender.as_mut() {
+            let _ = lender.sync(&self.ledger, now_unix_s);
+        }
     }
 
     /// Decodes a request frame and writes its response frame into `out` (at least

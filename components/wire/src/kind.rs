@@ -132,6 +132,10 @@ kinds! {
     LedgerRoots = 0x0208,
     /// The fleet's members: roots and admitted nodes, their keys and trust.
     LedgerMembers = 0x0209,
+    /// Sign a token this node issued, so that nodes without its grant key can check it.
+    LedgerEndorse = 0x020A,
+    /// Check a token another node issued, by its endorsement (Ed25519 signature).
+    LedgerVerifyEndorsed = 0x020B,
 
     /// The lendable memory pool's state.
     LenderPoolStatus = 0x0301,

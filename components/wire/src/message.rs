@@ -30,6 +30,8 @@ pub enum LedgerRequest {
     Summary,
     Roots,
     Members,
+    Endorse(Endorse),
+    VerifyEndorsed(VerifyEndorsed),
 }
 
 /// Lender service requests.
@@ -86,6 +88,8 @@ pub enum LedgerResponse {
     Summary(LedgerSummary),
     Roots(RootSet),
     Members(Members),
+    Endorse(Endorsement),
+    VerifyEndorsed(TokenVerdict),
 }
 
 /// Lender service responses.
@@ -138,6 +142,8 @@ impl Request {
             Self::Ledger(LedgerRequest::Summary) => Kind::LedgerSummary,
             Self::Ledger(LedgerRequest::Roots) => Kind::LedgerRoots,
             Self::Ledger(LedgerRequest::Members) => Kind::LedgerMembers,
+            Self::Ledger(LedgerRequest::Endorse(_)) => Kind::LedgerEndorse,
+            Self::Ledger(LedgerRequest::VerifyEndorsed(_)) => Kind::LedgerVerifyEndorsed,
             Self::Lender(LenderRequest::PoolStatus) => Kind::LenderPoolStatus,
             Self::Lender(LenderRequest::Reserve(_)) => Kind::LenderReserve,
             Self::Lender(LenderRequest::CommitLease(_)) => Kind::LenderCommitLease,
@@ -166,6 +172,8 @@ impl Request {
             Self::Ledger(LedgerRequest::Revoke(b)) => put(b, out),
             Self::Ledger(LedgerRequest::IngestRecords(b)) => put(b, out),
             Self::Ledger(LedgerRequest::RecordsLacking(b)) => put(b, out),
+            Self::Ledger(LedgerRequest::Endorse(b)) => put(b, out),
+            Self::Ledger(LedgerRequest::VerifyEndorsed(b)) => put(b, out),
             Self::Lender(LenderRequest::Reserve(b)) => put(b, out),
             Self::Lender(LenderRequest::CommitLease(b)) => put(b, out),
             Self::Lender(LenderRequest::Release(b)) => put(b, out),
@@ -192,6 +200,8 @@ impl Request {
             Kind::LedgerSummary => empty(kind, body).map(|()| Self::Ledger(Le::Summary))?,
             Kind::LedgerRoots => empty(kind, body).map(|()| Self::Ledger(Le::Roots))?,
             Kind::LedgerMembers => empty(kind, body).map(|()| Self::Ledger(Le::Members))?,
+            Kind::LedgerEndorse => Self::Ledger(Le::Endorse(take(kind, body)?)),
+            Kind::LedgerVerifyEndorsed => Self::Ledger(Le::VerifyEndorsed(take(kind, body)?)),
             Kind::LenderPoolStatus => empty(kind, body).map(|()| Self::Lender(Ln::PoolStatus))?,
             Kind::LenderReserve => Self::Lender(Ln::Reserve(take(kind, body)?)),
             Kind::LenderCommitLease => Self::Lender(Ln::CommitLease(take(kind, body)?)),
@@ -223,6 +233,8 @@ impl Response {
             Self::Ledger(LedgerResponse::Summary(_)) => Kind::LedgerSummary,
             Self::Ledger(LedgerResponse::Roots(_)) => Kind::LedgerRoots,
             Self::Ledger(LedgerResponse::Members(_)) => Kind::LedgerMembers,
+            Self::Ledger(LedgerResponse::Endorse(_)) => Kind::LedgerEndorse,
+            Self::Ledger(LedgerResponse::VerifyEndorsed(_)) => Kind::LedgerVerifyEndorsed,
             Self::Lender(LenderResponse::PoolStatus(_)) => Kind::LenderPoolStatus,
             Self::Lender(LenderResponse::Reserve(_)) => Kind::LenderReserve,
             Self::Lender(LenderResponse::CommitLease(_)) => Kind::LenderCommitLease,
@@ -255,6 +267,8 @@ impl Response {
             Self::Ledger(LedgerResponse::Summary(b)) => put(b, out),
             Self::Ledger(LedgerResponse::Roots(b)) => put(b, out),
             Self::Ledger(LedgerResponse::Members(b)) => put(b, out),
+            Self::Ledger(LedgerResponse::Endorse(b)) => put(b, out),
+            Self::Ledger(LedgerResponse::VerifyEndorsed(b)) => put(b, out),
             Self::Lender(LenderResponse::PoolStatus(b)) => put(b, out),
             Self::Lender(LenderResponse::Reserve(b)) => put(b, out),
             Self::Lender(LenderResponse::CommitLease(b)) => put(b, out),
@@ -283,6 +297,8 @@ impl Response {
             Kind::LedgerSummary => Self::Ledger(Le::Summary(take(kind, body)?)),
             Kind::LedgerRoots => Self::Ledger(Le::Roots(take(kind, body)?)),
             Kind::LedgerMembers => Self::Ledger(Le::Members(take(kind, body)?)),
+            Kind::LedgerEndorse => Self::Ledger(Le::Endorse(take(kind, body)?)),
+            Kind::LedgerVerifyEndorsed => Self::Ledger(Le::VerifyEndorsed(take(kind, body)?)),
             Kind::LenderPoolStatus => Self::Lender(Ln::PoolStatus(take(kind, body)?)),
             Kind::LenderReserve => Self::Lender(Ln::Reserve(take(kind, body)?)),
             Kind::LenderCommitLease => Self::Lender(Ln::CommitLease(take(kind, body)?)),

@@ -251,7 +251,32 @@ u8_enum! {
         IssuerRevoked = 5,
         GranteeRevoked = 6,
         GrantRevoked = 7,
+        /// (Endorsed tokens) the issuer is not a trusted member of this node's ledger.
+        UnknownIssuer = 8,
+        /// (Endorsed tokens) the endorsement does not check under the issuer's signing key.
+        BadEndorsement = 9,
     }
+}
+
+/// Request body of [`crate::Kind::LedgerEndorse`]: a token this node issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endorse {
+    pub token: Token,
+}
+
+/// Answer to [`Endorse`]: the issuer's Ed25519 signature over
+/// `"ppn/endorse/v1" ‖ token` (docs/ledger.md §2a).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endorsement {
+    pub signature: Signature,
+}
+
+/// Request body of [`crate::Kind::LedgerVerifyEndorsed`]: a token any member issued, with its
+/// issuer's endorsement. Answered with a [`TokenVerdict`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyEndorsed {
+    pub token: Token,
+    pub signature: Signature,
 }
 
 /// Answer to [`VerifyToken`].

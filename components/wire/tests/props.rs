@@ -183,6 +183,12 @@ fn request_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Request>> {
         Kind::LedgerSummary => Just(R::Ledger(Le::Summary)).boxed(),
         Kind::LedgerRoots => Just(R::Ledger(Le::Roots)).boxed(),
         Kind::LedgerMembers => Just(R::Ledger(Le::Members)).boxed(),
+        Kind::LedgerEndorse => {
+            bytes::<TOKEN_MAX>(f).prop_map(|token| R::Ledger(Le::Endorse(Endorse { token }))).boxed()
+        }
+        Kind::LedgerVerifyEndorsed => (bytes::<TOKEN_MAX>(f), byte_array())
+            .prop_map(|(token, signature)| R::Ledger(Le::VerifyEndorsed(VerifyEndorsed { token, signature })))
+            .boxed(),
         Kind::LenderPoolStatus => Just(R::Lender(Ln::PoolStatus)).boxed(),
         Kind::LenderReserve => (node_id(), u32s(f), u64s(f))
             .prop_map(|(borrower, blocks, expires_unix_s)| {
@@ -284,6 +290,12 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
             .boxed(),
         Kind::LedgerVerifyToken => {
             u8_enum().prop_map(|verdict| R::Ledger(Le::VerifyToken(TokenVerdict { verdict }))).boxed()
+        }
+        Kind::LedgerEndorse => {
+            byte_array().prop_map(|signature| R::Ledger(Le::Endorse(Endorsement { signature }))).boxed()
+        }
+        Kind::LedgerVerifyEndorsed => {
+            u8_enum().prop_map(|verdict| R::Ledger(Le::VerifyEndorsed(TokenVerdict { verdict }))).boxed()
         }
         Kind::LedgerRevoke => byte_array().prop_map(|record_id| R::Ledger(Le::Revoke(Revoked { record_id }))).boxed(),
         Kind::LedgerIngestRecords => {
@@ -480,6 +492,8 @@ const MAX_BODY: &[(Kind, Option<usize>, usize)] = &[
     (Kind::LedgerRoots, Some(0), 1 + ROOTS_MAX * 32),
     // node id, signing key, Some(WireGuard key), root, trusted.
     (Kind::LedgerMembers, Some(0), 2 + MEMBERS_MAX * (8 + 32 + 1 + 32 + 1 + 1)),
+    (Kind::LedgerEndorse, Some(1 + TOKEN_MAX), 64),
+    (Kind::LedgerVerifyEndorsed, Some(1 + TOKEN_MAX + 64), 1),
     (Kind::LenderPoolStatus, Some(0), 6 * 5),
     (Kind::LenderReserve, Some(8 + 5 + 10), 10 + 5),
     (Kind::LenderCommitLease, Some(10), 10 + 1 + TOKEN_MAX),
@@ -857,6 +871,8 @@ fn wire_numbers_and_golden_frames_are_pinned() {
             (0x0207, "LedgerSummary"),
             (0x0208, "LedgerRoots"),
             (0x0209, "LedgerMembers"),
+            (0x020A, "LedgerEndorse"),
+            (0x020B, "LedgerVerifyEndorsed"),
             (0x0301, "LenderPoolStatus"),
             (0x0302, "LenderReserve"),
             (0x0303, "LenderCommitLease"),
@@ -884,7 +900,17 @@ fn wire_numbers_and_golden_frames_are_pinned() {
     pinned(&[ServiceState::Ready, ServiceState::NotImplemented]);
     pinned(&[ResourceType::Memory, ResourceType::Vm, ResourceType::Image, ResourceType::Mesh]);
     use Verdict as V;
-    pinned(&[V::Valid, V::Malformed, V::BadTag, V::Expired, V::IssuerRevoked, V::GranteeRevoked, V::GrantRevoked]);
+    pinned(&[
+        V::Valid,
+        V::Malformed,
+        V::BadTag,
+        V::Expired,
+        V::IssuerRevoked,
+        V::GranteeRevoked,
+        V::GrantRevoked,
+        V::UnknownIssuer,
+        V::BadEndorsement,
+    ]);
     use IngestOutcome as O;
     pinned(&[
         O::Accepted,

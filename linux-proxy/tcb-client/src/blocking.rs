@@ -118,6 +118,36 @@ impl Client {
         self.run(calls::ledger_members())
     }
 
+    /// See [`calls::endorse`].
+    pub fn endorse(&mut self, token: &[u8]) -> Result<Signature, ClientError> {
+        self.run(calls::endorse(token)?)
+    }
+
+    /// See [`calls::verify_endorsed`].
+    pub fn verify_endorsed(&mut self, token: &[u8], signature: &Signature) -> Result<Verdict, ClientError> {
+        self.run(calls::verify_endorsed(token, signature)?)
+    }
+
+    /// See [`calls::pool_status`].
+    pub fn pool_status(&mut self) -> Result<Pool, ClientError> {
+        self.run(calls::pool_status())
+    }
+
+    /// See [`calls::reserve`].
+    pub fn reserve(&mut self, borrower: NodeId, blocks: u32, expires_unix_s: u64) -> Result<Reservation, ClientError> {
+        self.run(calls::reserve(borrower, blocks, expires_unix_s))
+    }
+
+    /// See [`calls::commit_lease`].
+    pub fn commit_lease(&mut self, reservation_id: u64) -> Result<Lease, ClientError> {
+        self.run(calls::commit_lease(reservation_id))
+    }
+
+    /// See [`calls::release`].
+    pub fn release(&mut self, lease_id: u64) -> Result<Released, ClientError> {
+        self.run(calls::release(lease_id))
+    }
+
     /// Writes raw bytes to the TCB.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes)?;

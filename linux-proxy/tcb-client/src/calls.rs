@@ -8,7 +8,8 @@
 
 use crate::ClientError;
 use ppn_wire::message::{
-    LedgerRequest, LedgerResponse as L, NodeRequest, NodeResponse as N, PairRequest, PairResponse as P,
+    LedgerRequest, LedgerResponse as L, LenderRequest, LenderResponse as Ln, NodeRequest, NodeResponse as N,
+    PairRequest, PairResponse as P,
 };
 use ppn_wire::service::*;
 use ppn_wire::{Request, Response};
@@ -42,6 +43,10 @@ fn node<T>(request: NodeRequest, unpack: fn(Response) -> Option<T>) -> TypedCall
 
 fn ledger<T>(request: LedgerRequest, unpack: fn(Response) -> Option<T>) -> TypedCall<T> {
     TypedCall { request: Box::new(Request::Ledger(request)), unpack }
+}
+
+fn lender<T>(request: LenderRequest, unpack: fn(Response) -> Option<T>) -> TypedCall<T> {
+    TypedCall { request: Box::new(Request::Lender(request)), unpack }
 }
 
 fn pair<T>(request: PairRequest, unpack: fn(Response) -> Option<T>) -> TypedCall<T> {
@@ -165,6 +170,49 @@ pub fn pair_decide(
     Ok(pair(PairRequest::Decide(PairDecide { peer, sas, admit, peer_record }), |r| {
         if let Response::Pair(P::Decide(x)) = r { Some(x) } else { None }
     }))
+}
+
+/// The issuing TCB's Ed25519 endorsement of a token it issued, for members without its grant key.
+pub fn endorse(token: &[u8]) -> Result<TypedCall<Signature>, ClientError> {
+    let token = Token::from_slice(token).map_err(|_| too_large("token bytes", token.len(), TOKEN_MAX))?;
+    Ok(ledger(LedgerRequest::Endorse(Endorse { token }), |r| {
+        if let Response::Ledger(L::Endorse(x)) = r { Some(x.signature) } else { None }
+    }))
+}
+
+/// Checks a token another member issued, by its endorsement.
+pub fn verify_endorsed(token: &[u8], signature: &Signature) -> Result<TypedCall<Verdict>, ClientError> {
+    let token = Token::from_slice(token).map_err(|_| too_large("token bytes", token.len(), TOKEN_MAX))?;
+    Ok(ledger(LedgerRequest::VerifyEndorsed(VerifyEndorsed { token, signature: *signature }), |r| {
+        if let Response::Ledger(L::VerifyEndorsed(x)) = r { Some(x.verdict) } else { None }
+    }))
+}
+
+/// The lendable memory pool: blocks free, reserved, lent, and neither (local VMs, scrubbing).
+pub fn pool_status() -> TypedCall<Pool> {
+    lender(LenderRequest::PoolStatus, |r| if let Response::Lender(Ln::PoolStatus(x)) = r { Some(x) } else { None })
+}
+
+/// Reserves `blocks` of the pool for `borrower` until `expires_unix_s`.
+pub fn reserve(borrower: NodeId, blocks: u32, expires_unix_s: u64) -> TypedCall<Reservation> {
+    lender(LenderRequest::Reserve(Reserve { borrower, blocks, expires_unix_s }), |r| {
+        if let Response::Lender(Ln::Reserve(x)) = r { Some(x) } else { None }
+    })
+}
+
+/// Turns a reservation into a lease and its capability token (resource type Memory, resource
+/// id = lease id) for the borrower.
+pub fn commit_lease(reservation_id: u64) -> TypedCall<Lease> {
+    lender(LenderRequest::CommitLease(CommitLease { reservation_id }), |r| {
+        if let Response::Lender(Ln::CommitLease(x)) = r { Some(x) } else { None }
+    })
+}
+
+/// Ends a lease: its blocks are scrubbed before they are free again.
+pub fn release(lease_id: u64) -> TypedCall<Released> {
+    lender(LenderRequest::Release(Release { lease_id }), |r| {
+        if let Response::Lender(Ln::Release(x)) = r { Some(x) } else { None }
+    })
 }
 
 pub fn ledger_members() -> TypedCall<Vec<Member>> {

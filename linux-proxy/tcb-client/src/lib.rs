@@ -279,4 +279,39 @@ impl TcbClient {
     pub async fn ledger_members(&self) -> Result<Vec<Member>, ClientError> {
         self.run(calls::ledger_members()).await
     }
+
+    /// See [`calls::endorse`].
+    pub async fn endorse(&self, token: &[u8]) -> Result<Signature, ClientError> {
+        self.run(calls::endorse(token)?).await
+    }
+
+    /// See [`calls::verify_endorsed`].
+    pub async fn verify_endorsed(&self, token: &[u8], signature: &Signature) -> Result<Verdict, ClientError> {
+        self.run(calls::verify_endorsed(token, signature)?).await
+    }
+
+    /// See [`calls::pool_status`].
+    pub async fn pool_status(&self) -> Result<Pool, ClientError> {
+        self.run(calls::pool_status()).await
+    }
+
+    /// See [`calls::reserve`].
+    pub async fn reserve(
+        &self,
+        borrower: NodeId,
+        blocks: u32,
+        expires_unix_s: u64,
+    ) -> Result<Reservation, ClientError> {
+        self.run(calls::reserve(borrower, blocks, expires_unix_s)).await
+    }
+
+    /// See [`calls::commit_lease`].
+    pub async fn commit_lease(&self, reservation_id: u64) -> Result<Lease, ClientError> {
+        self.run(calls::commit_lease(reservation_id)).await
+    }
+
+    /// See [`calls::release`].
+    pub async fn release(&self, lease_id: u64) -> Result<Released, ClientError> {
+        self.run(calls::release(lease_id)).await
+    }
 }

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 
 mod hosted;
 pub mod ledger;
+pub mod lender;
 pub use hosted::{HostedTcb, locate_bin};
 pub use ledger::{check_ledger_ingest, check_ledger_lifecycle, check_persistence_across_restart};
+pub use lender::check_lending;
 
 /// Timeout of one request in the checks.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -97,11 +99,19 @@ pub fn check_node_service(socket: &Path) -> CheckResult {
     Ok(format!("node {} on {:?}, boot {}", id.node_id, id.platform, status.boot_count))
 }
 
-/// One request of every kind is answered, and the connection keeps serving: node and ledger
-/// kinds with a response of the right kind (or a `Rejected` error), the services that have not
-/// landed (lender, attest) with `NotImplemented` until they do.
+/// One request of every kind is answered, and the connection keeps serving: the kinds of every
+/// service the TCB's `NodeStatus` calls ready with a response of the right kind (or a
+/// `Rejected` error), the others (not landed, or not configured, like the lender of a node
+/// that lends nothing) with `NotImplemented`.
 pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
     let mut c = Client::connect(socket, TIMEOUT).map_err(err("connect"))?;
+    let NodeResponse::Status(status) = node(&mut c, NodeRequest::Status)? else { return Err("not a status".into()) };
+    let ready: Vec<u8> = status.services.iter().filter(|s| s.state == ServiceState::Ready).map(|s| s.service).collect();
+    for must in [ppn_wire::Service::Node, ppn_wire::Service::Ledger, ppn_wire::Service::Pair] {
+        if !ready.contains(&must.to_u8()) {
+            return Err(format!("the {} service is not ready", must.name()));
+        }
+    }
     let peer = ledger::fresh_node_id();
     let requests = [
         Request::Node(NodeRequest::Identity),
@@ -121,6 +131,11 @@ pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
         Request::Ledger(LedgerRequest::Summary),
         Request::Ledger(LedgerRequest::Roots),
         Request::Ledger(LedgerRequest::Members),
+        Request::Ledger(LedgerRequest::Endorse(Endorse { token: Default::default() })),
+        Request::Ledger(LedgerRequest::VerifyEndorsed(VerifyEndorsed {
+            token: Default::default(),
+            signature: ByteArray([5; 64]),
+        })),
         Request::Lender(LenderRequest::PoolStatus),
         Request::Lender(LenderRequest::Reserve(Reserve { borrower: peer, blocks: 1, expires_unix_s: 1 })),
         Request::Lender(LenderRequest::CommitLease(CommitLease { reservation_id: 1 })),
@@ -147,8 +162,7 @@ pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
     }
     let (mut served, mut not_implemented) = (0, 0);
     for req in &requests {
-        let landed =
-            matches!(req.service(), ppn_wire::Service::Node | ppn_wire::Service::Ledger | ppn_wire::Service::Pair);
+        let landed = ready.contains(&req.service().to_u8());
         match c.call(req) {
             Ok(r) if r.kind() == req.kind() => served += 1,
             Ok(r) => return Err(format!("{:?} answered with {:?}", req.kind(), r.kind())),
@@ -158,7 +172,7 @@ pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
         }
     }
     node(&mut c, NodeRequest::Status)?;
-    Ok(format!("{} kinds: {served} served, {not_implemented} not implemented yet", requests.len()))
+    Ok(format!("{} kinds: {served} served, {not_implemented} not implemented here", requests.len()))
 }
 
 /// Builds one hostile chunk (no `0x00` inside, so it is exactly one chunk on the stream) and

@@ -127,3 +127,59 @@ fn state_directory_and_socket_are_private() {
     assert_eq!(mode(&tcb.state.join("ledger.journal")), 0o600);
     assert_eq!(mode(&tcb.socket), 0o600);
 }
+
+/// The roots file of `t` (`ppn ledger roots` format: one hex key a line).
+fn roots_file(t: &HostedTcb, path: &std::path::Path) {
+    let mut c = Client::connect(&t.socket, Duration::from_secs(10)).expect("connect");
+    let keys = match c.call(&Request::Node(NodeRequest::PublicKeys)).expect("keys") {
+        Response::Node(NodeResponse::PublicKeys(k)) => k,
+        r => panic!("public keys answered with {r:?}"),
+    };
+    let hex: String = keys.signing_key.0.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, format!("{hex}\n")).unwrap();
+}
+
+#[test]
+fn lending_between_two_hosted_tcbs() {
+    let mut borrower = HostedTcb::start();
+    let borrower_roots = borrower.dir.path().join("borrower.roots");
+    roots_file(&borrower, &borrower_roots);
+    let mut lender = HostedTcb::start_with(&[
+        std::ffi::OsStr::new("--roots"),
+        borrower_roots.as_os_str(),
+        "--lend-mib".as_ref(),
+        "64".as_ref(),
+    ]);
+    let lender_roots = lender.dir.path().join("lender.roots");
+    roots_file(&lender, &lender_roots);
+    borrower.restart_with(&[std::ffi::OsStr::new("--roots"), lender_roots.as_os_str()]);
+    assert!(
+        status(&lender).services.iter().any(|s| s.service == 0x03 && s.state == ppn_wire::service::ServiceState::Ready)
+    );
+    assert!(lender.log().contains("lending 64 MiB: 32 blocks free"), "{}", lender.log());
+
+    let (lsock, bsock) = (lender.socket.clone(), borrower.socket.clone());
+    let mut restart = || {
+        lender.restart();
+        Ok(())
+    };
+    match ppn_conformance::check_lending(&lsock, &bsock, &mut restart) {
+        Ok(what) => eprintln!("ok lending: {what}"),
+        Err(why) => panic!("lending: {why}\nlender log:\n{}", lender.log()),
+    }
+    // The pool's size is fixed: another --lend-mib on the same state is refused, clearly.
+    lender.kill_hard();
+    let out = std::process::Command::new(ppn_conformance::locate_bin("ppn-tcb"))
+        .args([
+            std::ffi::OsStr::new("--state"),
+            lender.state.as_os_str(),
+            "--socket".as_ref(),
+            lender.socket.as_os_str(),
+        ])
+        .args(["--lend-mib", "32"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the lender journal is for 32 blocks of 2097152 bytes, not 16 blocks"), "{stderr}");
+}

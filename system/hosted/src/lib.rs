@@ -5,6 +5,7 @@
 
 #[allow(unsafe_code)]
 pub mod harden;
+pub mod pool;
 pub mod roots;
 pub mod server;
 pub mod storage;

@@ -25,6 +25,18 @@ struct Args {
     /// are refused unless a root admitted them.
     #[arg(long, value_name = "FILE")]
     roots: Option<PathBuf>,
+    /// Lend this much memory to other nodes' VMs, in MiB (a multiple of 2: blocks are 2 MiB).
+    /// Fixed at the first start with a pool: a later start with another size is refused.
+    #[arg(long, value_name = "MIB", value_parser = parse_lend_mib)]
+    lend_mib: Option<u32>,
+}
+
+fn parse_lend_mib(s: &str) -> Result<u32, String> {
+    let mib: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if mib == 0 || !mib.is_multiple_of(2) {
+        return Err("the pool is whole 2 MiB blocks: give a positive even number of MiB".into());
+    }
+    Ok(mib)
 }
 
 fn main() -> ExitCode {
@@ -44,7 +56,7 @@ fn main() -> ExitCode {
         },
         None => Roots::default(),
     };
-    let (tcb, report) = match Tcb::open(&args.state, &extra_roots) {
+    let (tcb, report) = match Tcb::open(&args.state, &extra_roots, args.lend_mib.map(|m| m / 2)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("ppn-tcb: {e}");
@@ -69,6 +81,16 @@ fn main() -> ExitCode {
         eprintln!(
             "ppn-tcb: ledger journal had a torn tail of {} bytes after {} records; it was saved aside and cut",
             ledger.truncated_bytes, ledger.records
+        );
+    }
+    if let Some(pool) = tcb.lender_pool() {
+        eprintln!(
+            "ppn-tcb: lending {} MiB: {} blocks free, {} lent, {} reserved, {} neither",
+            u64::from(pool.total) * 2,
+            pool.free,
+            pool.lent,
+            pool.reserved,
+            pool.in_use
         );
     }
     let node_id = tcb.node().node_id();

@@ -16,6 +16,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub const NODE_JOURNAL: &str = "node.journal";
 /// Name of the ledger journal in the state directory.
 pub const LEDGER_JOURNAL: &str = "ledger.journal";
+/// Name of the lender journal in the state directory (only when the node lends).
+pub const LENDER_JOURNAL: &str = "lender.journal";
 const LOCK_FILE: &str = "lock";
 
 /// Why the TCB could not open its state.
@@ -27,6 +29,8 @@ pub enum OpenError {
     Locked(String),
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error("lender: {0}")]
+    Lender(#[from] ppn_lender::Error),
 }
 
 /// What opening the state found.
@@ -63,7 +67,14 @@ impl Tcb {
     ///
     /// The ledger's fleet root set is this node's own signing key plus `extra_roots` (the keys of
     /// `--roots FILE`).
-    pub fn open(state_dir: &Path, extra_roots: &Roots) -> Result<(Self, OpenReport), OpenError> {
+    ///
+    /// With `lend_blocks`, the node lends that many blocks of 2 MiB: the lender journal and the
+    /// pool file live in the state directory too, and the pool size is fixed at the first open.
+    pub fn open(
+        state_dir: &Path,
+        extra_roots: &Roots,
+        lend_blocks: Option<u32>,
+    ) -> Result<(Self, OpenReport), OpenError> {
         if !state_dir.exists() {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io_err(state_dir))?;
         }
@@ -87,7 +98,15 @@ impl Tcb {
             env!("CARGO_PKG_VERSION"),
             |seed: &mut [u8; 32]| getrandom::fill(seed),
         )?;
-        let core = booted.core.with_entropy(Box::new(OsEntropy));
+        let mut core = booted.core.with_entropy(Box::new(OsEntropy));
+        if let Some(blocks) = lend_blocks {
+            let pool_path = state_dir.join(crate::pool::POOL_FILE);
+            let pool = crate::pool::FilePool::open(&pool_path, blocks).map_err(io_err(&pool_path))?;
+            let path = state_dir.join(LENDER_JOURNAL);
+            let storage = FileStorage::open(&path).map_err(io_err(&path))?;
+            let (service, _) = ppn_tcb_core::LenderService::open(storage, blocks, Box::new(pool))?;
+            core = core.with_lender(service);
+        }
         let tcb = Self { core, _journal: booted.node_journal, _lock: lock, started: Instant::now() };
         Ok((tcb, booted.report))
     }
@@ -98,6 +117,11 @@ impl Tcb {
 
     pub fn ledger(&self) -> &Ledger<FileStorage> {
         self.core.ledger()
+    }
+
+    /// The lender's pool, if this node lends.
+    pub fn lender_pool(&self) -> Option<ppn_wire::service::Pool> {
+        self.core.lender().map(|l| l.pool())
     }
 
     fn uptime_ms(&self) -> u64 {

@@ -170,6 +170,8 @@ pub fn verdict_name(v: Verdict) -> (String, &'static str) {
         Verdict::IssuerRevoked => ("issuer-revoked", "the issuing node has been revoked"),
         Verdict::GranteeRevoked => ("grantee-revoked", "the node it was granted to has been revoked"),
         Verdict::GrantRevoked => ("grant-revoked", "this grant has been revoked"),
+        Verdict::UnknownIssuer => ("unknown-issuer", "the issuer is not a trusted member of this node's fleet"),
+        Verdict::BadEndorsement => ("bad-endorsement", "the issuer's endorsement does not check: altered or forged"),
         Verdict::Unknown(n) => return (format!("unknown({n})"), "a verdict from a newer TCB"),
     };
     (name.to_owned(), meaning)
