@@ -205,7 +205,22 @@ fn say(options: &ImageOptions, msg: &str) {
     }
 }
 
+/// Temp files of a writer that crashed (`write_atomic`'s `.NAME.tmp-PID`); only called with the
+/// lock held, so no live writer owns them.
+fn remove_stale_temps(cache_dir: &Path) {
+    for dir in [cache_dir.to_owned(), cache_dir.join("base"), cache_dir.join("base/modules")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 fn ensure_locked(cache_dir: &Path, options: &ImageOptions) -> Result<GuestImage, ImageError> {
+    remove_stale_temps(cache_dir);
     let agent_path = agent_binary(options)?;
     let agent = std::fs::read(&agent_path).map_err(io("cannot read the agent binary", &agent_path))?;
     check_static_x86_64(&agent_path, &agent)?;
@@ -818,6 +833,22 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two!");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temp files left behind");
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("base/modules")).unwrap();
+        for f in
+            [".initrd.cpio.tmp-123", "base/.busybox.tmp-9", "base/modules/.virtio.ko.tmp-1", "manifest", "base/busybox"]
+        {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        remove_stale_temps(dir.path());
+        assert!(!dir.path().join(".initrd.cpio.tmp-123").exists());
+        assert!(!dir.path().join("base/.busybox.tmp-9").exists());
+        assert!(!dir.path().join("base/modules/.virtio.ko.tmp-1").exists());
+        assert!(dir.path().join("manifest").exists() && dir.path().join("base/busybox").exists());
     }
 
     #[test]

@@ -195,6 +195,27 @@ fn guest_boots_reports_and_follows_virtio_mem_plug_and_unplug() {
     );
     assert!(img.kernel.is_file() && img.initrd.is_file());
     assert!(img.cmdline.contains("memhp_default_state=online_movable"));
+    // The modules /init loads: each one's .modinfo names it, matches the kernel, and lists
+    // only dependencies loaded before it.
+    for (i, m) in img.modules.iter().enumerate() {
+        let ko = std::fs::read(cache.join(format!("base/modules/{m}.ko"))).expect("cached module");
+        let info = image::modinfo(&ko).unwrap_or_else(|e| panic!("{m}.ko {e}"));
+        assert_eq!(info.get("name"), Some(m), "{m}.ko's name");
+        assert!(
+            info.get("vermagic").is_some_and(|v| v.starts_with(&format!("{} ", img.kernel_release))),
+            "{m}.ko's vermagic: {info:?}"
+        );
+        for dep in info.get("depends").map(String::as_str).unwrap_or("").split(',').filter(|d| !d.is_empty()) {
+            assert!(
+                img.modules[..i].iter().any(|d| d == dep),
+                "{m} depends on {dep}, which is not loaded before it: {:?}",
+                img.modules
+            );
+        }
+    }
+    for needed in ["virtio_pci", "virtio_mem", "virtio_balloon", "virtio_console"] {
+        assert!(img.modules.iter().any(|m| m == needed), "{needed} missing from {:?}", img.modules);
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let agent_sock = dir.path().join("agent.sock");
@@ -271,11 +292,18 @@ fn guest_boots_reports_and_follows_virtio_mem_plug_and_unplug() {
         ballooned.report.mem_total_kib,
         (ballooned.at - inflate).as_secs_f64()
     );
-    let actual = qmp.execute("query-balloon", serde_json::json!({}));
-    assert!(
-        actual["actual"].as_u64().is_some_and(|a| a <= 196 * 1024 * 1024),
-        "query-balloon after inflating: {actual}"
-    );
+    // QEMU learns the balloon's size from the guest a little after the guest gave the pages.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let actual = qmp.execute("query-balloon", serde_json::json!({}));
+        if actual["actual"].as_u64().is_some_and(|a| a <= 196 * 1024 * 1024) {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(&qemu, &format!("query-balloon 10 s after the guest's MemTotal dropped: {actual}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     qmp.execute("balloon", serde_json::json!({"value": 256u64 * 1024 * 1024}));
     let unplugged = wait_for(&qemu, &rx, &mut last, Duration::from_secs(20), "MemTotal back after deflating", |r| {
         r.mem_total_kib >= total0
@@ -301,4 +329,40 @@ fn guest_boots_reports_and_follows_virtio_mem_plug_and_unplug() {
     drop(qemu);
     let errors = second_reader.join().expect("reader thread");
     assert_eq!(errors, 0, "decode errors after the stream synchronised (second connection)");
+}
+
+/// Two callers at once (two test processes do this) serialise on the cache's lock and get the
+/// same image.
+#[test]
+fn concurrent_callers_share_the_cache() {
+    if std::env::var("PPN_SKIP_GUEST").as_deref() == Ok("1") {
+        eprintln!("PPN_SKIP_GUEST=1: skipping the guest image test");
+        return;
+    }
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ppn-guest");
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let cache = cache.clone();
+            std::thread::spawn(move || image::ensure(&cache, &ImageOptions::default()))
+        })
+        .collect();
+    let images: Vec<_> = callers
+        .into_iter()
+        .map(|c| {
+            c.join()
+                .expect("caller thread")
+                .unwrap_or_else(|e| panic!("cannot build the guest image: {e} (PPN_SKIP_GUEST=1 skips)"))
+        })
+        .collect();
+    assert_eq!(images[0].initrd, images[1].initrd);
+    assert_eq!(images[0].agent_sha256, images[1].agent_sha256);
+    assert_eq!(images[0].packages, images[1].packages);
+    assert!(images.iter().any(|i| i.cached), "the second caller found no valid cache");
+    let manifest = std::fs::read_to_string(cache.join("manifest")).expect("manifest");
+    let initrd = std::fs::read(&images[0].initrd).expect("initrd");
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&initrd).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    assert!(manifest.contains(&format!("file initrd.cpio {sha}")), "manifest does not match the initrd:\n{manifest}");
 }
