@@ -123,6 +123,8 @@ pub struct Gossip<T: Transport> {
     watched: tokio::sync::Mutex<Option<Vec<Digest>>>,
     swim: Mutex<Swim>,
     changed: Arc<Notify>,
+    /// Further subscribers to ledger changes ([`Gossip::subscribe_ledger_changes`]).
+    subscribers: Mutex<Vec<Arc<Notify>>>,
     timers: mpsc::UnboundedSender<foca::Timer<SwimId>>,
     timer_rx: Mutex<Option<mpsc::UnboundedReceiver<foca::Timer<SwimId>>>>,
     pub counters: Counters,
@@ -173,6 +175,7 @@ impl<T: Transport> Gossip<T> {
             watched: tokio::sync::Mutex::new(None),
             swim: Mutex::new(swim),
             changed: Arc::new(Notify::new()),
+            subscribers: Mutex::default(),
             timers,
             timer_rx: Mutex::new(Some(timer_rx)),
             counters: Counters::default(),
@@ -188,6 +191,14 @@ impl<T: Transport> Gossip<T> {
     /// once.
     pub fn ledger_changed(&self) -> Arc<Notify> {
         Arc::clone(&self.changed)
+    }
+
+    /// A notifier of its own for another task that follows ledger changes (each change is one
+    /// permit, so a change while the task is busy is not lost).
+    pub fn subscribe_ledger_changes(&self) -> Arc<Notify> {
+        let n = Arc::new(Notify::new());
+        lock(&self.subscribers).push(Arc::clone(&n));
+        n
     }
 
     /// Sets the peers (the ledger's admitted, unrevoked nodes that have a mesh peer). A node
@@ -390,6 +401,9 @@ impl<T: Transport> Gossip<T> {
         let now = self.watch_step(last).await?;
         if now != *last {
             self.changed.notify_one();
+            for s in lock(&self.subscribers).iter() {
+                s.notify_one();
+            }
         }
         *watched = Some(now);
         Ok(())

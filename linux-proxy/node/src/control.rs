@@ -4,6 +4,12 @@
 //! | --- | --- |
 //! | `{"op":"status"}` | `{"ok":true,"status":{...}}` ([`crate::node::NodeStatus`]) |
 //! | `{"op":"hint","node":"<16 hex>","endpoint":"host:port"}` | `{"ok":true}` |
+//! | `{"op":"vm-create","spec":{...}}` ([`ppn_vm::VmSpec`]) | `{"ok":true}` |
+//! | `{"op":"vm-start"\|"vm-stop"\|"vm-destroy","name":N}` | `{"ok":true,...}` |
+//! | `{"op":"vm-list"}` | `{"ok":true,"vms":[...]}` |
+//! | `{"op":"vm-grow","name":N,"mib":M[,"from":"<16 hex>"][,"lease_secs":S]}` | `{"ok":true,"grown":{...}}` |
+//! | `{"op":"lease-list"}` | `{"ok":true,"leases":{...}}` |
+//! | `{"op":"lease-release","lease_id":L}` | `{"ok":true,"released":"..."}` |
 //!
 //! Anything else gets `{"ok":false,"error":"..."}`; a line over 4 KiB closes the connection.
 //! The socket is for the operator's tools on this machine; it grants nothing the TCB would not.
@@ -79,7 +85,48 @@ async fn handle(node: &Node, line: &str) -> serde_json::Value {
                 Err(e) => fail(e),
             }
         }
+        Some(op) if op.starts_with("vm-") || op.starts_with("lease-") => match vm_op(node, op, &req).await {
+            Ok(v) => v,
+            Err(e) => fail(e),
+        },
         Some(other) => fail(format!("unknown op {other:?}")),
         None => fail("want {\"op\": ...}"),
     }
+}
+
+fn name(req: &serde_json::Value) -> Result<&str, String> {
+    req["name"].as_str().ok_or_else(|| "want \"name\": a VM name".to_owned())
+}
+
+async fn vm_op(node: &Node, op: &str, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let vms = &node.vms;
+    let ok = |k: &str, v: serde_json::Value| serde_json::json!({ "ok": true, k: v });
+    Ok(match op {
+        "vm-create" => {
+            let spec: ppn_vm::VmSpec =
+                serde_json::from_value(req["spec"].clone()).map_err(|e| format!("vm-create: spec: {e}"))?;
+            vms.create(&spec)?;
+            serde_json::json!({ "ok": true })
+        }
+        "vm-start" => ok("started", vms.start(name(req)?).await?),
+        "vm-stop" => ok("stopped", vms.stop(name(req)?).await?.into()),
+        "vm-destroy" => ok("destroyed", vms.destroy(name(req)?).await?.into()),
+        "vm-list" => ok("vms", vms.list().await?),
+        "vm-grow" => {
+            let mib = req["mib"].as_u64().ok_or("vm-grow: want \"mib\": MiB to add")?;
+            let from = match req["from"].as_str() {
+                Some(s) => Some(parse_node_id(s).ok_or("vm-grow: \"from\" is not 16 hex digits")?),
+                None => None,
+            };
+            let secs = req["lease_secs"].as_u64().unwrap_or(crate::vms::DEFAULT_LEASE_SECS);
+            let grown = vms.grow(name(req)?, mib, from, secs).await?;
+            ok("grown", serde_json::to_value(grown).map_err(|e| e.to_string())?)
+        }
+        "lease-list" => ok("leases", vms.leases().await),
+        "lease-release" => {
+            let id = req["lease_id"].as_u64().ok_or("lease-release: want \"lease_id\"")?;
+            ok("released", vms.give_back(id).await?.into())
+        }
+        other => return Err(format!("unknown op {other:?}")),
+    })
 }

@@ -57,6 +57,8 @@ pub struct UpOptions {
     pub loss: f64,
     /// How long to wait for every node to see every other up.
     pub settle: Duration,
+    /// Memory each node's TCB lends to the others' VMs, MiB (0: none).
+    pub lend_mib: u32,
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
@@ -93,7 +95,8 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> R
 /// Sends one control request to a node and returns its answer.
 pub fn control(socket: &Path, request: &serde_json::Value) -> Result<serde_json::Value, String> {
     let mut conn = std::os::unix::net::UnixStream::connect(socket).map_err(io(socket.display()))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    // VM operations (a start, a plug, an unplug, a stop) take seconds under TCG.
+    conn.set_read_timeout(Some(Duration::from_secs(120))).ok();
     let mut line = request.to_string();
     line.push('\n');
     conn.write_all(line.as_bytes()).map_err(io(socket.display()))?;
@@ -231,11 +234,14 @@ async fn start_nodes(
         std::fs::create_dir_all(&ndir).map_err(io(ndir.display()))?;
         let tcb_socket = ndir.join("tcb.sock");
         let state = ndir.join("tcb");
-        let tcb_pid = daemon(
-            &opts.tcb_bin,
-            &["--state".as_ref(), state.as_os_str(), "--socket".as_ref(), tcb_socket.as_os_str()],
-            &ndir.join("tcb.log"),
-        )?;
+        let lend = opts.lend_mib.to_string();
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["--state".as_ref(), state.as_os_str(), "--socket".as_ref(), tcb_socket.as_os_str()];
+        if opts.lend_mib > 0 {
+            args.push(std::ffi::OsStr::new("--lend-mib"));
+            args.push(std::ffi::OsStr::new(&lend));
+        }
+        let tcb_pid = daemon(&opts.tcb_bin, &args, &ndir.join("tcb.log"))?;
         // Recorded before anything else starts, so that `fleet down` can stop what did start.
         nodes.push(FleetNode {
             index: i,
@@ -313,12 +319,23 @@ fn signal(pid: u32, sig: &str) {
 /// is left, and removes `fleet.json` (the state directories stay, unless `purge`).
 pub fn down(dir: &Path, purge: bool) -> Result<usize, String> {
     let fleet = load(dir)?;
-    let procs: Vec<(u32, &str)> = fleet
+    let mut procs: Vec<(u32, &str)> = fleet
         .nodes
         .iter()
         .flat_map(|n| [(n.node_pid, "ppn-node"), (n.tcb_pid, "ppn-tcb")])
         .filter(|(pid, name)| *pid != 0 && running(*pid, name))
         .collect();
+    // The nodes' VMs: daemonized QEMUs that outlive ppn-node by design; a fleet going down
+    // takes them along.
+    for n in &fleet.nodes {
+        let vms = n.dir.join("node").join(crate::vms::VM_DIR);
+        for entry in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+            let paths = ppn_vm::spec::VmPaths::new(entry.path());
+            if let ppn_vm::manager::PidStatus::Live(pid) = ppn_vm::manager::pid_status(&paths) {
+                procs.push((pid, "qemu-system-x86_64"));
+            }
+        }
+    }
     for (pid, _) in &procs {
         signal(*pid, "TERM");
     }

@@ -13,7 +13,9 @@
 pub mod control;
 pub mod fleet;
 pub mod hints;
+pub mod lease_wire;
 pub mod node;
 pub mod transport;
+pub mod vms;
 
 pub use node::{Node, NodeConfig, NodeError};

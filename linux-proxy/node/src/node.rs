@@ -51,6 +51,8 @@ pub enum NodeError {
     Mesh(#[from] ppn_mesh::MeshError),
     #[error(transparent)]
     Hints(#[from] HintsError),
+    #[error("VM plane: {0}")]
+    Vms(String),
 }
 
 /// Reads the mesh key, or makes one (owner only, written whole before it is used).
@@ -124,6 +126,8 @@ pub struct Node {
     pub me: NodeId,
     pub mesh: Mesh,
     pub gossip: Arc<Gossip<MeshTransport>>,
+    /// VMs, borrowed leases, the lease service.
+    pub vms: Arc<crate::vms::VmPlane>,
     tcb: Arc<TcbClient>,
     tcb_path: PathBuf,
     hints: Arc<Mutex<Hints>>,
@@ -176,10 +180,14 @@ impl Node {
             }
         });
 
+        let vms = crate::vms::VmPlane::open(&cfg.dir, me, Arc::clone(&tcb), mesh.clone(), Arc::clone(&gossip))
+            .map_err(NodeError::Vms)?;
+        vms.spawn(gossip.subscribe_ledger_changes()).await.map_err(NodeError::Vms)?;
         let node = Node {
             me,
             mesh,
             gossip,
+            vms,
             tcb,
             tcb_path: cfg.tcb.clone(),
             hints: Arc::new(Mutex::new(hints)),
@@ -216,19 +224,24 @@ impl Node {
         });
     }
 
+    /// Adverts every second: CPUs, load, VMs, and the lender's pool (what this node can lend;
+    /// 0 when its TCB lends nothing). Asking the pool also lets the TCB end expired leases.
     fn spawn_adverts(&self) {
-        let gossip = Arc::clone(&self.gossip);
+        let (gossip, tcb, vms) = (Arc::clone(&self.gossip), Arc::clone(&self.tcb), Arc::clone(&self.vms));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 let host = host_figures();
+                let pool = tcb.pool_status().await.ok();
+                let count = vms.manager.names().map(|n| n.len()).unwrap_or(0);
                 gossip.set_advert(|a| {
                     a.cpus = host.cpus;
                     a.load_permille = host.load_permille;
-                    a.total_blocks = host.total_blocks;
-                    a.free_blocks = host.free_blocks;
+                    a.total_blocks = pool.as_ref().map_or(0, |p| p.total);
+                    a.free_blocks = pool.as_ref().map_or(0, |p| p.free);
                     a.block_mib = 2;
+                    a.vms = u16::try_from(count).unwrap_or(u16::MAX);
                 });
             }
         });
@@ -368,31 +381,14 @@ fn now_ms() -> u64 {
 struct HostFigures {
     cpus: u16,
     load_permille: u16,
-    total_blocks: u32,
-    free_blocks: u32,
 }
 
-/// This host's CPUs, load and memory in 2 MiB blocks, from /proc. (Until the lender core lands,
-/// "free blocks" is the host's available memory, not a lendable pool.)
+/// This host's CPUs and load, from /proc.
 fn host_figures() -> HostFigures {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u16;
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|l| l.parse::<f64>().ok()))
         .unwrap_or(0.0);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |field: &str| {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    HostFigures {
-        cpus,
-        load_permille: ((load / f64::from(cpus.max(1))) * 1000.0).min(65535.0) as u16,
-        total_blocks: (kib("MemTotal:") / 2048) as u32,
-        free_blocks: (kib("MemAvailable:") / 2048) as u32,
-    }
+    HostFigures { cpus, load_permille: ((load / f64::from(cpus.max(1))) * 1000.0).min(65535.0) as u16 }
 }

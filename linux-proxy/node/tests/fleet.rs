@@ -24,6 +24,7 @@ fn opts(nodes: usize) -> UpOptions {
         node_bin: locate_bin("ppn-node"),
         loss: 0.0,
         settle: Duration::from_secs(30),
+        lend_mib: 0,
     }
 }
 

@@ -462,6 +462,7 @@ fn mesh_revocation(nodes: usize, runs: usize, loss: f64, json: bool) -> Result<E
         node_bin: crate::fleet::sibling("ppn-node")?,
         loss,
         settle: SETTLE,
+        lend_mib: 0,
     };
     let tmp = tempfile::Builder::new()
         .prefix("ppn-bench-mesh.")

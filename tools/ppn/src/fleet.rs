@@ -18,6 +18,9 @@ pub enum Command {
         /// Benchmark knob: each node's mesh drops this fraction of its outgoing datagrams.
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
+        /// Memory each node lends to the others' VMs, MiB (a multiple of 2; 0 lends nothing).
+        #[arg(long, default_value_t = 1024)]
+        lend_mib: u32,
     },
     /// Each node's peers (up, in the mesh), ledger heads and adverts.
     Status {
@@ -61,7 +64,7 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
 
 pub async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Up { nodes, at, loss } => {
+        Command::Up { nodes, at, loss, lend_mib } => {
             if nodes == 0 {
                 return Err("--nodes must be at least 1".into());
             }
@@ -71,6 +74,7 @@ pub async fn run(command: Command) -> Result<ExitCode, String> {
                 node_bin: sibling("ppn-node")?,
                 loss,
                 settle: Duration::from_secs(60),
+                lend_mib,
             };
             fleet::up(&at.dir, &opts, |line| eprintln!("{line}")).await?;
             println!(

@@ -14,6 +14,7 @@ mod ledger;
 mod pair;
 mod sdf;
 mod tcb;
+mod vm;
 
 /// Operate a PPN Fabric node and fleet.
 #[derive(Debug, Parser)]
@@ -67,6 +68,16 @@ enum Command {
     Guest {
         #[command(subcommand)]
         command: guest::Command,
+    },
+    /// A node's VMs: create, start, stop, destroy, list, grow with borrowed memory.
+    Vm {
+        #[command(subcommand)]
+        command: vm::Command,
+    },
+    /// Memory leases: what a node borrows, lends, and its pool.
+    Lease {
+        #[command(subcommand)]
+        command: vm::LeaseCommand,
     },
 }
 
@@ -125,6 +136,8 @@ fn main() -> ExitCode {
             Command::Image { command } => image::run(command),
             Command::Sdf { command } => sdf::run(command),
             Command::Guest { command } => guest::run(command),
+            Command::Vm { command } => vm::run(command),
+            Command::Lease { command } => vm::run_lease(command),
         }
     });
     match result {
