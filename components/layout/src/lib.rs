@@ -12,10 +12,11 @@
 //! - [`SETVARS`]: the symbols Microkit patches with a DMA region's physical address;
 //! - [`ROUTES`]: which PD serves which wire service.
 //!
-//! The PD code uses the per-PD modules ([`link`], [`ledger`]) for its channel ids, addresses and
-//! sizes. `sdf/qemu_virt_aarch64.system` is written by hand and checked against these tables by
+//! The PD code uses the per-PD modules ([`link`], [`ledger`], [`lender`]) for its channel ids,
+//! addresses and sizes. `sdf/qemu_virt_aarch64.system` is written by hand and checked against these tables by
 //! `ppn sdf check` (crate `ppn-sdf`), so the SDF and the code cannot drift apart unnoticed.
-//! [`buffer`] is the layout of the request/response buffer a service PD shares with `link`.
+//! [`buffer`] is the layout of the request/response buffer a service PD shares with `link`;
+//! [`ledger_port`] is the tiny protocol the `lender` PD speaks to the `ledger` PD.
 //! `docs/sdf.md` draws the picture and says why each PD may touch what it touches.
 //!
 //! The unit tests hold the layout to its own rules: no two mappings overlap in one PD, every
@@ -24,6 +25,8 @@
 //! protected procedure call only goes to a PD of strictly higher priority.
 #![no_std]
 #![forbid(unsafe_code)]
+
+pub mod ledger_port;
 
 use core::fmt;
 use ppn_wire::frame::MAX_FRAME_LEN;
@@ -388,8 +391,8 @@ pub struct Route {
     pub buffer: &'static Region,
 }
 
-/// The protection domains. `lender` and `attest` join when their cores land, each with its own
-/// buffer and channel to `link` and a priority above `link`'s.
+/// The protection domains. `attest` joins when its core lands, with its own buffer and channel to
+/// `link` and a priority above `link`'s.
 pub mod pds {
     use super::Pd;
 
@@ -413,6 +416,18 @@ pub mod pds {
         holds_secrets: true,
         role: "serves the node and ledger services: identity seed and keys, tokens, signed \
                records; its log on virtio-blk, its entropy from virtio-rng",
+    };
+
+    /// The memory lender: the pool of lendable blocks, its journal on a disk of its own. Between
+    /// `link` (which calls it) and `ledger` (which it calls for tokens, trust and the time).
+    pub const LENDER: Pd = Pd {
+        name: "lender",
+        priority: 125,
+        stack_size: 0x10_0000,
+        program_image: "lender.elf",
+        holds_secrets: false,
+        role: "serves the lender service: the pool's blocks and leases, its journal on a virtio-blk \
+               disk of its own; asks ledger for lease tokens, trust and revocations; no keys",
     };
 }
 
@@ -447,11 +462,18 @@ pub mod devices {
         bus: Bus::Builtin { paddr: qemu_virt::RTC_PADDR, irq: qemu_virt::RTC_IRQ },
         driver: &pds::LEDGER,
     };
+    /// The lender's own virtio-blk disk: its journal (`lender_disk`). Out of the ledger's reach,
+    /// as the ledger's disk is out of the lender's.
+    pub const LENDER_BLK: Device = Device {
+        name: "lender_blk",
+        bus: Bus::VirtioMmio { transport: 24, qemu_device: "virtio-blk-device" },
+        driver: &pds::LENDER,
+    };
 }
 
 /// The memory regions.
 pub mod regions {
-    use super::{RegionKind, buffer, devices, ledger, link};
+    use super::{RegionKind, buffer, devices, ledger, ledger_port, lender, link};
     use crate::Region;
 
     /// The request/response buffer of `link` and `ledger` (layout: [`buffer`](crate::buffer)).
@@ -528,6 +550,46 @@ pub mod regions {
         kind: RegionKind::Mmio { device: &devices::RTC },
         purpose: "PL031 registers of the machine's real-time clock (read only)",
     };
+    /// The request/response buffer of `link` and `lender` (layout: [`buffer`](crate::buffer)).
+    pub const LINK_LENDER_BUFFER: Region = Region {
+        name: "link_lender_buffer",
+        size: buffer::SIZE,
+        secret: false,
+        kind: RegionKind::Ram,
+        purpose: "one lender request frame from link, then the lender's response frame",
+    };
+    /// The ledger port's buffer (layout: [`ledger_port`](crate::ledger_port)).
+    pub const LENDER_LEDGER_BUFFER: Region = Region {
+        name: "lender_ledger_buffer",
+        size: ledger_port::BUFFER_SIZE,
+        secret: false,
+        kind: RegionKind::Ram,
+        purpose: "one ledger-port request from lender, then the ledger's reply",
+    };
+    /// The pool: the memory of the lendable blocks, mapped into `lender` only.
+    pub const LENDER_POOL: Region = Region {
+        name: "lender_pool",
+        size: lender::POOL_SIZE,
+        secret: false,
+        kind: RegionKind::Ram,
+        purpose: "the lender's pool of 2 MiB blocks, zeroed by the lender's scrub",
+    };
+    /// The lender disk's registers.
+    pub const LENDER_BLK_MMIO: Region = Region {
+        name: "lender_blk_mmio",
+        size: 0x1000,
+        secret: false,
+        kind: RegionKind::Mmio { device: &devices::LENDER_BLK },
+        purpose: "virtio-mmio registers of the lender's disk",
+    };
+    /// The lender disk's virtqueues and sector buffers.
+    pub const LENDER_BLK_DMA: Region = Region {
+        name: "lender_blk_dma",
+        size: 0x4_0000,
+        secret: false,
+        kind: RegionKind::Dma { device: &devices::LENDER_BLK, paddr_symbol: lender::BLK_DMA_PADDR_SYMBOL },
+        purpose: "virtqueues and sector buffers of the lender's disk",
+    };
 }
 
 /// The ledger PD's disk (virtio-blk, [`devices::BLK`]): two journal areas
@@ -547,6 +609,19 @@ pub mod disk {
         Area { tag: 2, first: NODE_JOURNAL.first + NODE_JOURNAL.sectors, sectors: SECTORS - NODE_JOURNAL.sectors };
 
     const _: () = assert!(LEDGER_JOURNAL.first + LEDGER_JOURNAL.sectors <= SECTORS);
+}
+
+/// The lender PD's disk (virtio-blk, [`devices::LENDER_BLK`]): one journal area, the lender's
+/// journal (`ppn_lender`), with its own superblocks. A separate disk file from the ledger's.
+pub mod lender_disk {
+    use ppn_journal::block::{Area, SECTOR};
+
+    /// The disk's size in bytes.
+    pub const SIZE_BYTES: u64 = 16 << 20;
+    /// In sectors.
+    pub const SECTORS: u64 = SIZE_BYTES / SECTOR as u64;
+    /// The lender journal: the whole disk (tag 3: never mistaken for a ledger disk's areas).
+    pub const LENDER_JOURNAL: Area = Area { tag: 3, first: 0, sectors: SECTORS };
 }
 
 /// The request/response buffer a service PD shares with `link`, in the style of sDDF's shared
@@ -618,12 +693,19 @@ pub mod link {
     /// The channel to `ledger`: `link` calls its protected procedure (PPC) with a request in
     /// [`LEDGER_BUFFER_VADDR`].
     pub const LEDGER_CHANNEL: ChannelId = 1;
-    // Ids 2 and 3 are kept for the channels to `lender` and `attest`.
+    /// The channel to `lender`: `link` calls it (PPC) with a lender request in
+    /// [`LENDER_BUFFER_VADDR`].
+    pub const LENDER_CHANNEL: ChannelId = 2;
+    // Id 3 is kept for the channel to `attest`.
 
     /// The buffer shared with `ledger` (layout: [`buffer`]).
     pub const LEDGER_BUFFER_VADDR: u64 = 0x1000_0000;
     /// Its size.
     pub const LEDGER_BUFFER_SIZE: u64 = buffer::SIZE;
+    /// The buffer shared with `lender` (layout: [`buffer`]).
+    pub const LENDER_BUFFER_VADDR: u64 = 0x1001_0000;
+    /// Its size.
+    pub const LENDER_BUFFER_SIZE: u64 = buffer::SIZE;
 
     /// The console's register page.
     pub const CONSOLE_MMIO_VADDR: u64 = 0x3000_0000;
@@ -650,11 +732,17 @@ pub mod ledger {
     pub const BLK_IRQ: ChannelId = 1;
     /// The entropy source's interrupt.
     pub const RNG_IRQ: ChannelId = 2;
+    /// The channel from `lender`: `protected()` is entered with this id for every ledger-port
+    /// request ([`ledger_port`](crate::ledger_port)); a port request on any other channel is
+    /// refused.
+    pub const LENDER_CHANNEL: ChannelId = 3;
 
     /// The buffer shared with `link` (layout: [`buffer`]).
     pub const REQUEST_BUFFER_VADDR: u64 = 0x1000_0000;
     /// Its size.
     pub const REQUEST_BUFFER_SIZE: u64 = buffer::SIZE;
+    /// The ledger port's buffer, shared with `lender`.
+    pub const LENDER_BUFFER_VADDR: u64 = 0x1001_0000;
 
     /// The ledger's heap (secret: seed, keys, ledger state).
     pub const STATE_VADDR: u64 = 0x2000_0000;
@@ -696,11 +784,56 @@ pub mod ledger {
     pub const RTC: Device = devices::RTC;
 }
 
+/// What the `lender` PD's code uses.
+pub mod lender {
+    use super::{ChannelId, Device, buffer, devices, ledger_port, regions};
+
+    /// The channel from `link`: `protected()` is entered with this id for every lender request.
+    pub const LINK_CHANNEL: ChannelId = 0;
+    /// The channel to `ledger`: `lender` calls it (PPC) with a ledger-port request in
+    /// [`LEDGER_BUFFER_VADDR`].
+    pub const LEDGER_CHANNEL: ChannelId = 1;
+    /// The disk's interrupt.
+    pub const BLK_IRQ: ChannelId = 2;
+
+    /// The buffer shared with `link` (layout: [`buffer`]).
+    pub const REQUEST_BUFFER_VADDR: u64 = 0x1000_0000;
+    /// Its size.
+    pub const REQUEST_BUFFER_SIZE: u64 = buffer::SIZE;
+    /// The ledger port's buffer, shared with `ledger` (layout: [`ledger_port`]).
+    pub const LEDGER_BUFFER_VADDR: u64 = 0x1001_0000;
+    /// Its size.
+    pub const LEDGER_BUFFER_SIZE: u64 = ledger_port::BUFFER_SIZE;
+
+    /// Bytes of one lender block (`ppn_lender::BLOCK_BYTES`; the PD checks they agree).
+    pub const BLOCK_BYTES: u64 = 2 << 20;
+    /// Blocks in the pool.
+    pub const POOL_BLOCKS: u32 = 16;
+    /// The pool's size: 32 MiB.
+    pub const POOL_SIZE: u64 = POOL_BLOCKS as u64 * BLOCK_BYTES;
+    /// The pool's mapping.
+    pub const POOL_VADDR: u64 = 0x2000_0000;
+
+    /// The disk's register page.
+    pub const BLK_MMIO_VADDR: u64 = 0x3000_0000;
+    /// The disk's registers.
+    pub const BLK_REGS_VADDR: u64 = BLK_MMIO_VADDR + BLK.page_offset();
+    /// The disk's DMA memory.
+    pub const BLK_DMA_VADDR: u64 = 0x4000_0000;
+    /// Its size.
+    pub const BLK_DMA_SIZE: u64 = regions::LENDER_BLK_DMA.size;
+    /// The symbol Microkit patches with its physical address.
+    pub const BLK_DMA_PADDR_SYMBOL: &str = "ppn_lender_blk_dma_paddr";
+
+    /// The disk.
+    pub const BLK: Device = devices::LENDER_BLK;
+}
+
 /// Every protection domain.
-pub const PDS: &[Pd] = &[pds::LINK, pds::LEDGER];
+pub const PDS: &[Pd] = &[pds::LINK, pds::LEDGER, pds::LENDER];
 
 /// Every device.
-pub const DEVICES: &[Device] = &[devices::CONSOLE, devices::BLK, devices::RNG, devices::RTC];
+pub const DEVICES: &[Device] = &[devices::CONSOLE, devices::BLK, devices::RNG, devices::RTC, devices::LENDER_BLK];
 
 /// Every memory region.
 pub const REGIONS: &[Region] = &[
@@ -713,6 +846,11 @@ pub const REGIONS: &[Region] = &[
     regions::LEDGER_RNG_MMIO,
     regions::LEDGER_RNG_DMA,
     regions::LEDGER_RTC_MMIO,
+    regions::LINK_LENDER_BUFFER,
+    regions::LENDER_LEDGER_BUFFER,
+    regions::LENDER_POOL,
+    regions::LENDER_BLK_MMIO,
+    regions::LENDER_BLK_DMA,
 ];
 
 /// Every mapping, grouped by PD.
@@ -722,6 +860,13 @@ pub const MAPPINGS: &[Mapping] = &[
         pd: &pds::LINK,
         region: &regions::LINK_LEDGER_BUFFER,
         vaddr: link::LEDGER_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    Mapping {
+        pd: &pds::LINK,
+        region: &regions::LINK_LENDER_BUFFER,
+        vaddr: link::LENDER_BUFFER_VADDR,
         perms: Perms::RW,
         cached: true,
     },
@@ -789,20 +934,81 @@ pub const MAPPINGS: &[Mapping] = &[
         perms: Perms::RW,
         cached: true,
     },
+    Mapping {
+        pd: &pds::LEDGER,
+        region: &regions::LENDER_LEDGER_BUFFER,
+        vaddr: ledger::LENDER_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    // lender
+    Mapping {
+        pd: &pds::LENDER,
+        region: &regions::LINK_LENDER_BUFFER,
+        vaddr: lender::REQUEST_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    Mapping {
+        pd: &pds::LENDER,
+        region: &regions::LENDER_LEDGER_BUFFER,
+        vaddr: lender::LEDGER_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    Mapping {
+        pd: &pds::LENDER,
+        region: &regions::LENDER_POOL,
+        vaddr: lender::POOL_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    Mapping {
+        pd: &pds::LENDER,
+        region: &regions::LENDER_BLK_MMIO,
+        vaddr: lender::BLK_MMIO_VADDR,
+        perms: Perms::RW,
+        cached: false,
+    },
+    Mapping {
+        pd: &pds::LENDER,
+        region: &regions::LENDER_BLK_DMA,
+        vaddr: lender::BLK_DMA_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
 ];
 
 /// Every channel between PDs.
-pub const CHANNELS: &[Channel] = &[Channel {
-    a: End { pd: &pds::LINK, id: link::LEDGER_CHANNEL, pp: true, notify: false },
-    b: End { pd: &pds::LEDGER, id: ledger::LINK_CHANNEL, pp: false, notify: false },
-    purpose: "link calls ledger (PPC) with one request frame in link_ledger_buffer",
-}];
+pub const CHANNELS: &[Channel] = &[
+    Channel {
+        a: End { pd: &pds::LINK, id: link::LEDGER_CHANNEL, pp: true, notify: false },
+        b: End { pd: &pds::LEDGER, id: ledger::LINK_CHANNEL, pp: false, notify: false },
+        purpose: "link calls ledger (PPC) with one request frame in link_ledger_buffer",
+    },
+    Channel {
+        a: End { pd: &pds::LINK, id: link::LENDER_CHANNEL, pp: true, notify: false },
+        b: End { pd: &pds::LENDER, id: lender::LINK_CHANNEL, pp: false, notify: false },
+        purpose: "link calls lender (PPC) with one lender request frame in link_lender_buffer",
+    },
+    Channel {
+        a: End { pd: &pds::LENDER, id: lender::LEDGER_CHANNEL, pp: true, notify: false },
+        b: End { pd: &pds::LEDGER, id: ledger::LENDER_CHANNEL, pp: false, notify: false },
+        purpose: "lender calls ledger (PPC) with one ledger-port request in lender_ledger_buffer",
+    },
+];
 
 /// Every interrupt, each delivered to its device's driver.
 pub const IRQS: &[Irq] = &[
     Irq { pd: &pds::LINK, device: &devices::CONSOLE, id: link::CONSOLE_IRQ, trigger: qemu_virt::VIRTIO_MMIO_TRIGGER },
     Irq { pd: &pds::LEDGER, device: &devices::BLK, id: ledger::BLK_IRQ, trigger: qemu_virt::VIRTIO_MMIO_TRIGGER },
     Irq { pd: &pds::LEDGER, device: &devices::RNG, id: ledger::RNG_IRQ, trigger: qemu_virt::VIRTIO_MMIO_TRIGGER },
+    Irq {
+        pd: &pds::LENDER,
+        device: &devices::LENDER_BLK,
+        id: lender::BLK_IRQ,
+        trigger: qemu_virt::VIRTIO_MMIO_TRIGGER,
+    },
 ];
 
 /// Every physical-address patch: one per DMA region, into its driver.
@@ -810,10 +1016,11 @@ pub const SETVARS: &[Setvar] = &[
     Setvar { pd: &pds::LINK, symbol: link::CONSOLE_DMA_PADDR_SYMBOL, region: &regions::LINK_CONSOLE_DMA },
     Setvar { pd: &pds::LEDGER, symbol: ledger::BLK_DMA_PADDR_SYMBOL, region: &regions::LEDGER_BLK_DMA },
     Setvar { pd: &pds::LEDGER, symbol: ledger::RNG_DMA_PADDR_SYMBOL, region: &regions::LEDGER_RNG_DMA },
+    Setvar { pd: &pds::LENDER, symbol: lender::BLK_DMA_PADDR_SYMBOL, region: &regions::LENDER_BLK_DMA },
 ];
 
-/// Which PD serves which wire service. A service missing here (lender, attest until their PDs
-/// land) is answered by `link` itself with a `NotImplemented` error frame.
+/// Which PD serves which wire service. A service missing here (attest until its PD lands) goes to
+/// `ledger`, which answers it with a `NotImplemented` error frame.
 pub const ROUTES: &[Route] = &[
     Route {
         service: Service::Node,
@@ -833,6 +1040,13 @@ pub const ROUTES: &[Route] = &[
         pd: &pds::LEDGER,
         link_channel: link::LEDGER_CHANNEL,
         buffer: &regions::LINK_LEDGER_BUFFER,
+    },
+    // The lender PD: pool, leases, scrubbing; it asks ledger for tokens and trust.
+    Route {
+        service: Service::Lender,
+        pd: &pds::LENDER,
+        link_channel: link::LENDER_CHANNEL,
+        buffer: &regions::LINK_LENDER_BUFFER,
     },
 ];
 

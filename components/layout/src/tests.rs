@@ -140,8 +140,9 @@ fn channel_ids_are_unique_per_pd_and_within_microkits_range() {
         }
     }
     // The ids the code names are the ones in the tables.
-    assert_eq!(used["link"], [link::LEDGER_CHANNEL, link::CONSOLE_IRQ]);
-    assert_eq!(used["ledger"], [ledger::LINK_CHANNEL, ledger::BLK_IRQ, ledger::RNG_IRQ]);
+    assert_eq!(used["link"], [link::LEDGER_CHANNEL, link::LENDER_CHANNEL, link::CONSOLE_IRQ]);
+    assert_eq!(used["ledger"], [ledger::LINK_CHANNEL, ledger::LENDER_CHANNEL, ledger::BLK_IRQ, ledger::RNG_IRQ]);
+    assert_eq!(used["lender"], [lender::LINK_CHANNEL, lender::LEDGER_CHANNEL, lender::BLK_IRQ]);
 }
 
 #[test]
@@ -209,6 +210,8 @@ fn devices_sit_on_qemu_virt_transports_each_in_a_page_of_its_own() {
     assert_eq!(devices::BLK.irq(), 56);
     assert_eq!(devices::RNG.regs_paddr(), 0x0a00_2000);
     assert_eq!(devices::RNG.irq(), 64);
+    assert_eq!(devices::LENDER_BLK.regs_paddr(), 0x0a00_3000);
+    assert_eq!(devices::LENDER_BLK.irq(), 72);
     assert_eq!(qemu_virt::virtio_mmio_addr(31), 0x0a00_3e00);
     assert_eq!(qemu_virt::virtio_mmio_irq(31), 79);
 
@@ -266,7 +269,7 @@ fn every_region_is_mapped_and_every_pd_is_in_the_layout() {
     for r in REGIONS {
         assert!(mappings_of(r.name).next().is_some(), "{} is mapped nowhere", r.name);
     }
-    assert_eq!(pd_names(), ["link", "ledger"]);
+    assert_eq!(pd_names(), ["link", "ledger", "lender"]);
 }
 
 #[test]
@@ -296,11 +299,11 @@ fn the_len_field_round_trips_and_refuses_more_than_a_frame() {
 }
 
 #[test]
-fn link_routes_node_and_ledger_requests_to_the_ledger_and_nothing_else() {
+fn link_routes_node_ledger_and_pair_to_the_ledger_and_lender_to_the_lender() {
     assert_eq!(route(Service::Node).map(|r| r.pd.name), Some("ledger"));
     assert_eq!(route(Service::Ledger).map(|r| r.pd.name), Some("ledger"));
     assert_eq!(route(Service::Pair).map(|r| r.pd.name), Some("ledger"));
-    assert_eq!(route(Service::Lender), None);
+    assert_eq!(route(Service::Lender).map(|r| (r.pd.name, r.buffer.name)), Some(("lender", "link_lender_buffer")));
     assert_eq!(route(Service::Attest), None);
     assert_eq!(route(Service::Link), None);
     for r in ROUTES {
@@ -327,6 +330,42 @@ fn per_pd_constants_agree_with_the_tables() {
     assert_eq!(mapping("ledger", "ledger_rng_mmio").unwrap().vaddr, ledger::RNG_MMIO_VADDR);
     assert_eq!(link::CONSOLE, devices::CONSOLE);
     assert_eq!(mapping("link", "ledger_state"), None);
+}
+
+#[test]
+fn the_lender_reaches_its_pool_and_disk_alone_and_the_ledger_only_by_its_port() {
+    // The pool, the lender's disk and its DMA memory: mapped into lender only.
+    for r in ["lender_pool", "lender_blk_mmio", "lender_blk_dma"] {
+        let into: Vec<_> = mappings_of(r).map(|m| m.pd.name).collect();
+        assert_eq!(into, ["lender"], "{r}");
+    }
+    // Nothing of the ledger's (state, disk, entropy, clock) is mapped into lender.
+    let lender_maps: Vec<_> = MAPPINGS.iter().filter(|m| m.pd.name == "lender").map(|m| m.region.name).collect();
+    assert_eq!(
+        lender_maps,
+        ["link_lender_buffer", "lender_ledger_buffer", "lender_pool", "lender_blk_mmio", "lender_blk_dma"]
+    );
+    // The port's buffer: lender and ledger, nobody else; one channel, lender calls ledger.
+    let into: Vec<_> = mappings_of("lender_ledger_buffer").map(|m| (m.pd.name, m.vaddr)).collect();
+    assert_eq!(into, [("ledger", ledger::LENDER_BUFFER_VADDR), ("lender", lender::LEDGER_BUFFER_VADDR)]);
+    let c = channel_between("lender", "ledger").unwrap();
+    assert_eq!((c.a.pd.name, c.a.id, c.a.pp), ("lender", lender::LEDGER_CHANNEL, true));
+    assert_eq!((c.b.pd.name, c.b.id, c.b.pp), ("ledger", ledger::LENDER_CHANNEL, false));
+    let c = channel_between("link", "lender").unwrap();
+    assert_eq!((c.a.id, c.b.id), (link::LENDER_CHANNEL, lender::LINK_CHANNEL));
+    // The pool is 16 blocks of 2 MiB, the disks two different devices on two transports.
+    assert_eq!(region("lender_pool").unwrap().size, 32 << 20);
+    assert_eq!(lender::POOL_SIZE, u64::from(lender::POOL_BLOCKS) * lender::BLOCK_BYTES);
+    assert_ne!(devices::LENDER_BLK.transport(), devices::BLK.transport());
+    assert_eq!(lender_disk::LENDER_JOURNAL.first + lender_disk::LENDER_JOURNAL.sectors, lender_disk::SECTORS);
+    assert!(ledger_port::MAX_MESSAGE as u64 <= region("lender_ledger_buffer").unwrap().size);
+    // priorities: link < lender < ledger, so link may call lender and lender may call ledger.
+    assert!(pds::LINK.priority < pds::LENDER.priority && pds::LENDER.priority < pds::LEDGER.priority);
+    assert_eq!(mapping("lender", "link_lender_buffer").unwrap().vaddr, lender::REQUEST_BUFFER_VADDR);
+    assert_eq!(mapping("link", "link_lender_buffer").unwrap().vaddr, link::LENDER_BUFFER_VADDR);
+    assert_eq!(mapping("lender", "lender_pool").unwrap().vaddr, lender::POOL_VADDR);
+    assert_eq!(mapping("lender", "lender_blk_dma").unwrap().vaddr, lender::BLK_DMA_VADDR);
+    assert_eq!(lender::BLK_REGS_VADDR, lender::BLK_MMIO_VADDR);
 }
 
 #[test]

@@ -21,12 +21,14 @@ use zeroize::Zeroizing;
 
 pub mod lender;
 pub mod pair;
+pub mod remote;
 
 pub use lender::{LedgerPort, LenderOpen, LenderService, Scrub};
 pub use pair::Entropy;
 
 /// Services and whether this build answers them: the lender only when the platform gave the
-/// TCB a pool ([`TcbCore::with_lender`]).
+/// TCB a pool ([`TcbCore::with_lender`]) or serves it in a PD of its own
+/// ([`TcbCore::with_lender_elsewhere`]).
 fn services(lender: bool) -> [ServiceStatus; 5] {
     let state = |on: bool| if on { ServiceState::Ready } else { ServiceState::NotImplemented };
     [
@@ -46,18 +48,36 @@ pub struct TcbCore<S: Storage> {
     ledger: Ledger<S>,
     pairing: pair::Pairing,
     lender: Option<LenderService<S>>,
+    /// The lender runs elsewhere (the seL4 image's `lender` PD) and asks this ledger through
+    /// the ledger port ([`remote`]).
+    lender_elsewhere: bool,
     served: u64,
     failed: u64,
 }
 
 impl<S: Storage> TcbCore<S> {
     pub fn new(node: NodeCore, ledger: Ledger<S>) -> Self {
-        Self { node, ledger, pairing: pair::Pairing::new(None), lender: None, served: 0, failed: 0 }
+        Self {
+            node,
+            ledger,
+            pairing: pair::Pairing::new(None),
+            lender: None,
+            lender_elsewhere: false,
+            served: 0,
+            failed: 0,
+        }
     }
 
     /// Gives the TCB a pool of lendable memory: the Lender service answers from then on.
     pub fn with_lender(mut self, lender: LenderService<S>) -> Self {
         self.lender = Some(lender);
+        self
+    }
+
+    /// Says that the Lender service is answered by another component of this TCB (on seL4, the
+    /// `lender` PD, which `link` routes lender requests to): `NodeStatus` reports it ready.
+    pub fn with_lender_elsewhere(mut self) -> Self {
+        self.lender_elsewhere = true;
         self
     }
 
@@ -79,6 +99,12 @@ impl<S: Storage> TcbCore<S> {
         &self.ledger
     }
 
+    /// The ledger, for the ledger port ([`remote::serve`]) the seL4 ledger PD answers for the
+    /// lender PD.
+    pub fn ledger_mut(&mut self) -> &mut Ledger<S> {
+        &mut self.ledger
+    }
+
     /// Answers one request. Every service that has not landed answers `NotImplemented`.
     /// `uptime_ms` and `now_unix_s` are the platform's own clock, never the proxy's.
     pub fn answer(&mut self, request: &Request, uptime_ms: u64, now_unix_s: u64) -> Response {
@@ -88,7 +114,7 @@ impl<S: Storage> TcbCore<S> {
                     uptime_ms,
                     requests_served: self.served,
                     requests_failed: self.failed,
-                    services: &services(self.lender.is_some()),
+                    services: &services(self.lender.is_some() || self.lender_elsewhere),
                 };
                 Response::Node(self.node.handle(r, &rt))
             }

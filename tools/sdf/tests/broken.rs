@@ -100,7 +100,7 @@ fn a_channel_the_code_does_not_use() {
 
 #[test]
 fn the_same_channel_twice() {
-    let bad = r#"<channel><end pd="link" id="2" pp="true" notify="false" /><end pd="ledger" id="3" notify="false" /></channel>"#;
+    let bad = r#"<channel><end pd="link" id="5" pp="true" notify="false" /><end pd="ledger" id="6" notify="false" /></channel>"#;
     let text = edit("</system>", &format!("    {bad}\n</system>"));
     expect(&text, &[("duplicate", bad)]);
 }
@@ -113,9 +113,12 @@ fn a_channel_end_with_the_wrong_id_or_both_ends_calling() {
     );
     expect(&text, &[("mismatch", r#"<end pd="link" id="3""#)]);
 
-    let text =
-        edit(r#"<end pd="ledger" id="0" notify="false" />"#, r#"<end pd="ledger" id="0" pp="true" notify="false" />"#);
-    expect(&text, &[("structure", "<channel>"), ("mismatch", r#"<end pd="ledger" id="0" pp="true""#)]);
+    // The first channel's element is marked so that its line can be found (three <channel>s).
+    let text = edit(
+        "<channel>\n        <end pd=\"link\" id=\"1\" pp=\"true\" notify=\"false\" />\n        <end pd=\"ledger\" id=\"0\" notify=\"false\" />",
+        "<channel><!-- first -->\n        <end pd=\"link\" id=\"1\" pp=\"true\" notify=\"false\" />\n        <end pd=\"ledger\" id=\"0\" pp=\"true\" notify=\"false\" />",
+    );
+    expect(&text, &[("structure", "<channel><!-- first -->"), ("mismatch", r#"<end pd="ledger" id="0" pp="true""#)]);
 }
 
 #[test]
@@ -169,10 +172,10 @@ fn a_device_interrupt_or_dma_address_given_to_a_pd_that_does_not_drive_it() {
 
 #[test]
 fn a_pd_the_layout_does_not_know() {
-    let bad = r#"<protection_domain name="lender" priority="120">"#;
+    let bad = r#"<protection_domain name="attest" priority="120">"#;
     let text = edit(
         "    <!-- ===== Channels",
-        &format!("    {bad}<program_image path=\"lender.elf\" /></protection_domain>\n    <!-- ===== Channels"),
+        &format!("    {bad}<program_image path=\"attest.elf\" /></protection_domain>\n    <!-- ===== Channels"),
     );
     expect(&text, &[("unknown_pd", bad)]);
 }
@@ -201,7 +204,7 @@ fn a_region_the_layout_does_not_know() {
 #[test]
 fn a_mapping_at_another_vaddr_or_with_other_perms() {
     let find = r#"<map mr="link_ledger_buffer" vaddr="0x1000_0000" perms="rw" cached="true" />
-        <map mr="link_console_mmio""#;
+        <map mr="link_lender_buffer""#;
     let text = edit(find, &find.replace("0x1000_0000", "0x1100_0000"));
     let errors = expect(&text, &[("mismatch", "0x1100_0000")]);
     assert!(

@@ -21,5 +21,23 @@ fn the_real_sdf_matches_the_layout() {
             setvars: ppn_layout::SETVARS.len(),
         }
     );
-    assert_eq!((summary.pds, summary.regions, summary.maps), (2, 9, 10));
+    assert_eq!((summary.pds, summary.regions, summary.maps), (3, 14, 17));
+    assert_eq!((summary.channels, summary.irqs, summary.setvars), (3, 4, 4));
+}
+
+#[test]
+fn the_lender_pd_and_its_pool_disk_and_port_are_in_the_real_sdf() {
+    // The checker compares every element with the layout; here: the lender's pieces are there.
+    for needle in [
+        r#"<protection_domain name="lender" priority="125" stack_size="0x10_0000">"#,
+        r#"<memory_region name="lender_pool" size="0x200_0000" />"#,
+        r#"<memory_region name="lender_blk_mmio" size="0x1000" phys_addr="0x0a00_3000" />"#,
+        r#"<map mr="lender_ledger_buffer" vaddr="0x1001_0000" perms="rw" cached="true" />"#,
+        r#"<end pd="lender" id="1" pp="true" notify="false" />"#,
+        r#"<end pd="ledger" id="3" notify="false" />"#,
+        r#"<irq irq="72" id="2" trigger="edge" />"#,
+    ] {
+        assert!(REAL.contains(needle), "{needle}");
+    }
+    assert_eq!(REAL.matches(r#"mr="lender_pool""#).count(), 1, "the pool is mapped into one PD");
 }

@@ -1,0 +1,180 @@
+//! The ledger port's two ends (`ppn_layout::ledger_port`): [`serve`] answers a port request
+//! from a [`LedgerPort`] (the seL4 ledger PD runs it on its ledger, for the lender PD's calls
+//! only), and [`RemoteLedger`] is a [`LedgerPort`] that asks across a [`PortTransport`] (the
+//! lender PD's protected procedure call).
+//!
+//! Failures of the port itself (a broken transport, a reply that does not decode) are answered
+//! so that nothing new is lent and nothing lent is ended: `borrower_trusted` is false (a
+//! reserve is refused), `node_revoked` and `own_grant_revoked` are false (the revocation is in
+//! the ledger and the next sync that reaches it ends the lease), `issue_lease_grant` is an
+//! `Internal` refusal (the lease is released, nobody has a token).
+
+use alloc::format;
+use alloc::string::String;
+use ppn_layout::ledger_port::{self, MAX_MESSAGE, Op, PortError, PortReply, PortRequest};
+use ppn_wire::service::{Grant, Token};
+use ppn_wire::{ErrorCode, NodeId};
+
+use crate::lender::{LedgerPort, Refused};
+
+/// Answers one port request in `request` with the ledger `ledger`, whose clock reads
+/// `now_unix_s`; writes the reply into `out` (at least [`MAX_MESSAGE`] bytes) and returns its
+/// length. A request that does not decode is answered with a `BadFrame` refusal.
+pub fn serve(ledger: &mut impl LedgerPort, now_unix_s: u64, request: &[u8], out: &mut [u8]) -> usize {
+    let (op, detail);
+    let reply = match ledger_port::decode_request(request) {
+        Err(e) => {
+            // Echo the op byte when it was one, so the caller can pair the refusal with its call.
+            op = request.get(5).and_then(|&b| Op::from_u8(b)).unwrap_or(Op::NodeId);
+            detail = format!("{e}");
+            PortReply::Refused { code: ErrorCode::BadFrame, detail: &detail }
+        }
+        Ok(req) => {
+            op = req.op();
+            match req {
+                PortRequest::NodeId => PortReply::NodeId(ledger.node_id()),
+                PortRequest::Now => PortReply::Now(now_unix_s),
+                PortRequest::BorrowerTrusted(n) => PortReply::Answer(ledger.borrower_trusted(&n)),
+                PortRequest::NodeRevoked(n) => PortReply::Answer(ledger.node_revoked(&n)),
+                PortRequest::OwnGrantRevoked(s) => PortReply::Answer(ledger.own_grant_revoked(s)),
+                PortRequest::IssueLeaseGrant { borrower, lease, expires_unix_s, now_unix_s: _ } => {
+                    // The ledger's clock decides, not the caller's.
+                    match ledger.issue_lease_grant(borrower, lease, expires_unix_s, now_unix_s) {
+                        Ok(g) => {
+                            let n = ledger_port::encode_reply(
+                                op,
+                                &PortReply::Grant { sequence: g.sequence, token: &g.token },
+                                out,
+                            );
+                            return n.unwrap_or(0);
+                        }
+                        Err((code, d)) => {
+                            detail = d;
+                            PortReply::Refused { code, detail: &detail }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // Every reply fits MAX_MESSAGE (the port's own assertions); `out` is at least that.
+    ledger_port::encode_reply(op, &reply, out).unwrap_or(0)
+}
+
+/// Carries one port request to the ledger and its reply back.
+pub trait PortTransport {
+    /// Sends `request`, writes the reply into `reply` (at least [`MAX_MESSAGE`] bytes); returns
+    /// its length.
+    fn call(&self, request: &[u8], reply: &mut [u8]) -> Result<usize, String>;
+}
+
+/// The ledger, asked across the port.
+#[derive(Debug)]
+pub struct RemoteLedger<T: PortTransport> {
+    transport: T,
+    node_id: NodeId,
+}
+
+/// Why a port call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The transport failed, or the reply did not decode.
+    Port(String),
+    /// The ledger refused.
+    Refused(ErrorCode, String),
+}
+
+impl core::fmt::Display for CallError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CallError::Port(e) => f.write_str(e),
+            CallError::Refused(code, d) => write!(f, "the ledger refused ({code:?}): {d}"),
+        }
+    }
+}
+
+fn call_with<T: PortTransport, R>(
+    transport: &T,
+    req: &PortRequest,
+    f: impl FnOnce(PortReply<'_>) -> Result<R, PortError>,
+) -> Result<R, CallError> {
+    let port = |e: PortError| CallError::Port(format!("{e}"));
+    let mut msg = [0u8; MAX_MESSAGE];
+    let n = ledger_port::encode_request(req, &mut msg).map_err(port)?;
+    let mut reply = [0u8; MAX_MESSAGE];
+    let len = transport.call(&msg[..n], &mut reply).map_err(CallError::Port)?;
+    let got = reply.get(..len).ok_or_else(|| CallError::Port(format!("reply of {len} bytes")))?;
+    match ledger_port::decode_reply(req.op(), got).map_err(port)? {
+        PortReply::Refused { code, detail } => Err(CallError::Refused(code, String::from(detail))),
+        r => f(r).map_err(port),
+    }
+}
+
+fn unexpected(op: Op) -> PortError {
+    PortError::BadLength { op, len: 0 }
+}
+
+impl<T: PortTransport> RemoteLedger<T> {
+    /// Asks the ledger for this node's id once; every later call goes through `transport`.
+    pub fn connect(transport: T) -> Result<Self, CallError> {
+        let node_id = call_with(&transport, &PortRequest::NodeId, |r| match r {
+            PortReply::NodeId(n) => Ok(n),
+            _ => Err(unexpected(Op::NodeId)),
+        })?;
+        Ok(Self { transport, node_id })
+    }
+
+    /// The ledger's clock (the TCB's one wall clock), Unix seconds.
+    pub fn now_unix_s(&self) -> Result<u64, CallError> {
+        call_with(&self.transport, &PortRequest::Now, |r| match r {
+            PortReply::Now(t) => Ok(t),
+            _ => Err(unexpected(Op::Now)),
+        })
+    }
+
+    fn ask(&self, req: PortRequest) -> Result<bool, CallError> {
+        call_with(&self.transport, &req, |r| match r {
+            PortReply::Answer(b) => Ok(b),
+            _ => Err(unexpected(req.op())),
+        })
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+}
+
+impl<T: PortTransport> LedgerPort for RemoteLedger<T> {
+    fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+    fn borrower_trusted(&self, node: &NodeId) -> bool {
+        self.ask(PortRequest::BorrowerTrusted(*node)).unwrap_or(false)
+    }
+    fn node_revoked(&self, node: &NodeId) -> bool {
+        self.ask(PortRequest::NodeRevoked(*node)).unwrap_or(false)
+    }
+    fn own_grant_revoked(&self, sequence: u64) -> bool {
+        self.ask(PortRequest::OwnGrantRevoked(sequence)).unwrap_or(false)
+    }
+    fn issue_lease_grant(
+        &mut self,
+        borrower: NodeId,
+        lease: u64,
+        expires_unix_s: u64,
+        now_unix_s: u64,
+    ) -> Result<Grant, Refused> {
+        let req = PortRequest::IssueLeaseGrant { borrower, lease, expires_unix_s, now_unix_s };
+        let r = call_with(&self.transport, &req, |r| match r {
+            PortReply::Grant { sequence, token } => {
+                let token = Token::from_slice(token).map_err(|_| PortError::TokenTooLong(token.len()))?;
+                Ok(Grant { token, sequence })
+            }
+            _ => Err(unexpected(Op::IssueLeaseGrant)),
+        });
+        r.map_err(|e| match e {
+            CallError::Refused(code, d) => (code, d),
+            CallError::Port(d) => (ErrorCode::Internal, d),
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! The lender as its own component: a `LenderService` that reaches the ledger only through the
+//! ledger port (`ppn_layout::ledger_port`), encoded and decoded both ways, exactly as the seL4
+//! lender PD does through its protected procedure call.
+
+use ppn_journal::mem::MemStorage;
+use ppn_layout::ledger_port::{self, MAX_MESSAGE, Op, PortReply};
+use ppn_ledger::Roots;
+use ppn_lender::BlockRange;
+use ppn_node_core::NodeKeys;
+use ppn_tcb_core::remote::{CallError, PortTransport, RemoteLedger, serve};
+use ppn_tcb_core::{Booted, LedgerPort, LenderService, Scrub, boot};
+use ppn_wire::message::{LedgerRequest, LenderRequest, LenderResponse, NodeRequest, NodeResponse};
+use ppn_wire::service::{CommitLease, Release, Reserve, Revoke, RevokeTarget, ServiceState, VerifyToken};
+use ppn_wire::{ErrorCode, NodeId, Request, Response};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+const NOW: u64 = 1_800_000_000;
+
+type Tcb = Booted<MemStorage, MemStorage>;
+
+fn keys(seed: u8) -> NodeKeys {
+    NodeKeys::from_seed(&[seed; 32])
+}
+
+fn tcb(seed: u8, fleet: &[u8]) -> Tcb {
+    let mut roots = Roots::default();
+    for &n in fleet {
+        assert!(roots.add(&keys(n).signing_public()));
+    }
+    let entropy = |s: &mut [u8; 32]| {
+        s.fill(seed);
+        Ok::<(), ()>(())
+    };
+    boot(MemStorage::default(), MemStorage::default(), &roots, ppn_wire::service::Platform::Sel4Microkit, "t", entropy)
+        .unwrap()
+}
+
+/// The "ledger PD": the TCB, answering port calls by `serve`, at its own clock; `down` makes
+/// the transport fail, `calls` counts the port calls.
+#[derive(Clone)]
+struct Port {
+    tcb: Rc<RefCell<Tcb>>,
+    clock: Rc<Cell<u64>>,
+    down: Rc<Cell<bool>>,
+    calls: Rc<Cell<u32>>,
+}
+
+impl PortTransport for Port {
+    fn call(&self, request: &[u8], reply: &mut [u8]) -> Result<usize, String> {
+        if self.down.get() {
+            return Err("the ledger PD did not answer".into());
+        }
+        self.calls.set(self.calls.get() + 1);
+        // The request crosses as bytes in a page: copy it as the ledger PD does.
+        let mut page = [0u8; 4096];
+        page[..request.len()].copy_from_slice(request);
+        let mut t = self.tcb.borrow_mut();
+        Ok(serve(t.core.ledger_mut(), self.clock.get(), &page, reply))
+    }
+}
+
+/// Records the ranges scrubbed (`Scrub` must be `Send`).
+struct SendScrub(std::sync::Arc<std::sync::Mutex<Vec<BlockRange>>>);
+impl Scrub for SendScrub {
+    fn scrub(&mut self, range: BlockRange) -> Result<(), String> {
+        self.0.lock().unwrap().push(range);
+        Ok(())
+    }
+}
+
+fn ledger_answer(t: &Rc<RefCell<Tcb>>, r: LedgerRequest) -> Response {
+    t.borrow_mut().core.answer(&Request::Ledger(r), 0, NOW)
+}
+
+#[test]
+fn a_lender_over_the_port_leases_with_the_ledgers_tokens_and_sees_its_revocations() {
+    let ledger_tcb = Rc::new(RefCell::new(tcb(1, &[1, 2])));
+    let port = Port {
+        tcb: ledger_tcb.clone(),
+        clock: Rc::new(Cell::new(NOW)),
+        down: Rc::new(Cell::new(false)),
+        calls: Rc::new(Cell::new(0)),
+    };
+    let mut remote = RemoteLedger::connect(port.clone()).unwrap();
+    assert_eq!(remote.node_id(), keys(1).node_id());
+    assert_eq!(remote.now_unix_s(), Ok(NOW));
+    let scrubbed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (mut lender, open) =
+        LenderService::open(MemStorage::default(), 8, Box::new(SendScrub(scrubbed.clone()))).unwrap();
+    assert_eq!(open.scrubbed_blocks, 8);
+
+    let borrower = keys(2).node_id();
+    let reserve =
+        |b: NodeId, n: u32| LenderRequest::Reserve(Reserve { borrower: b, blocks: n, expires_unix_s: NOW + 600 });
+    let rid = match lender.handle(&reserve(borrower, 3), &mut remote, NOW).unwrap() {
+        LenderResponse::Reserve(r) => r.reservation_id,
+        r => panic!("{r:?}"),
+    };
+    let lease = match lender.handle(&LenderRequest::CommitLease(CommitLease { reservation_id: rid }), &mut remote, NOW)
+    {
+        Ok(LenderResponse::CommitLease(l)) => l,
+        r => panic!("{r:?}"),
+    };
+    // The token is the ledger's: it verifies there, for the borrower, Memory, the lease id.
+    let claims = ppn_ledger::TokenBytes::parse(&lease.token).unwrap().claims();
+    assert_eq!((claims.issuer, claims.grantee, claims.resource_id), (keys(1).node_id(), borrower, lease.lease_id));
+    match ledger_answer(&ledger_tcb, LedgerRequest::VerifyToken(VerifyToken { token: lease.token.clone() })) {
+        Response::Ledger(ppn_wire::message::LedgerResponse::VerifyToken(v)) => {
+            assert_eq!(v.verdict, ppn_wire::service::Verdict::Valid)
+        }
+        r => panic!("{r:?}"),
+    }
+
+    // A stranger is refused: the ledger says it is not trusted.
+    let stranger = keys(9).node_id();
+    let (code, detail) = lender.handle(&reserve(stranger, 1), &mut remote, NOW).unwrap_err();
+    assert_eq!((code, detail.as_str()), (ErrorCode::Rejected, "the borrower is not a trusted member of the fleet"));
+
+    // A port that does not answer: nothing new is lent, nothing lent is ended.
+    port.down.set(true);
+    let (code, _) = lender.handle(&reserve(borrower, 1), &mut remote, NOW).unwrap_err();
+    assert_eq!(code, ErrorCode::Rejected);
+    match lender.handle(&LenderRequest::PoolStatus, &mut remote, NOW).unwrap() {
+        LenderResponse::PoolStatus(p) => assert_eq!((p.lent, p.free), (3, 5)),
+        r => panic!("{r:?}"),
+    }
+    assert!(matches!(remote.now_unix_s(), Err(CallError::Port(_))));
+    port.down.set(false);
+
+    // The grant revoked in the ledger ends the lease at the lender's next request.
+    let seq = claims.sequence;
+    match ledger_answer(
+        &ledger_tcb,
+        LedgerRequest::Revoke(Revoke { target: RevokeTarget::Grant { issuer: keys(1).node_id(), sequence: seq } }),
+    ) {
+        Response::Ledger(_) => {}
+        r => panic!("{r:?}"),
+    }
+    let before = scrubbed.lock().unwrap().len();
+    match lender.handle(&LenderRequest::PoolStatus, &mut remote, NOW).unwrap() {
+        LenderResponse::PoolStatus(p) => assert_eq!((p.lent, p.free), (0, 8)),
+        r => panic!("{r:?}"),
+    }
+    assert!(scrubbed.lock().unwrap().len() > before, "the revoked lease's blocks were scrubbed");
+    let (code, _) =
+        lender.handle(&LenderRequest::Release(Release { lease_id: lease.lease_id }), &mut remote, NOW).unwrap_err();
+    assert_eq!(code, ErrorCode::Rejected);
+    assert!(port.calls.get() >= 6, "every question crossed the port: {}", port.calls.get());
+}
+
+#[test]
+fn serve_refuses_what_does_not_decode_and_the_ledger_status_shows_the_lender_ready() {
+    let mut t = tcb(1, &[1]);
+    let mut out = [0u8; MAX_MESSAGE];
+    let n = serve(t.core.ledger_mut(), NOW, b"PPNP\x01\x04\x03\x00abc", &mut out);
+    match ledger_port::decode_reply(Op::NodeRevoked, &out[..n]).unwrap() {
+        PortReply::Refused { code, detail } => {
+            assert_eq!(code, ErrorCode::BadFrame);
+            assert_eq!(detail, "ledger port: NodeRevoked with a body of 3 bytes");
+        }
+        r => panic!("{r:?}"),
+    }
+    let n = serve(t.core.ledger_mut(), NOW, b"XXXX", &mut out);
+    assert!(matches!(ledger_port::decode_reply(Op::NodeId, &out[..n]), Ok(PortReply::Refused { .. })));
+
+    let status = |t: &mut Tcb| match t.core.answer(&Request::Node(NodeRequest::Status), 0, NOW) {
+        Response::Node(NodeResponse::Status(s)) => {
+            s.services.iter().find(|x| x.service == 0x03).map(|x| x.state).unwrap()
+        }
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(status(&mut t), ServiceState::NotImplemented);
+    let mut t = Booted { core: t.core.with_lender_elsewhere(), node_journal: t.node_journal, report: t.report };
+    assert_eq!(status(&mut t), ServiceState::Ready);
+}
