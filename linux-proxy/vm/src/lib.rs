@@ -7,11 +7,13 @@
 //! * [`cgroup`]: per-VM cgroups (v2, else v1, else reported unavailable) with CPU and memory
 //!   weights.
 //! * [`agent`]: the guest agent's report stream over the VM's virtio-serial socket.
+//! * [`balloon`]: the balloon policy (pure): targets from guest memory pressure, weights, a budget.
 //! * [`migrate`]: live migration primitives (destination `-incoming defer`, progress, cancel).
 //!
 //! See `docs/vm.md`.
 
 pub mod agent;
+pub mod balloon;
 pub mod cgroup;
 pub mod manager;
 pub mod migrate;
