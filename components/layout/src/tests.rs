@@ -360,7 +360,7 @@ fn the_lender_reaches_its_pool_and_disk_alone_and_the_ledger_only_by_its_port() 
     assert_eq!(lender_disk::LENDER_JOURNAL.first + lender_disk::LENDER_JOURNAL.sectors, lender_disk::SECTORS);
     assert!(ledger_port::MAX_MESSAGE as u64 <= region("lender_ledger_buffer").unwrap().size);
     // priorities: link < lender < ledger, so link may call lender and lender may call ledger.
-    assert!(pds::LINK.priority < pds::LENDER.priority && pds::LENDER.priority < pds::LEDGER.priority);
+    const { assert!(pds::LINK.priority < pds::LENDER.priority && pds::LENDER.priority < pds::LEDGER.priority) };
     assert_eq!(mapping("lender", "link_lender_buffer").unwrap().vaddr, lender::REQUEST_BUFFER_VADDR);
     assert_eq!(mapping("link", "link_lender_buffer").unwrap().vaddr, link::LENDER_BUFFER_VADDR);
     assert_eq!(mapping("lender", "lender_pool").unwrap().vaddr, lender::POOL_VADDR);

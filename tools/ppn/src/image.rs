@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode};
 
 const SDF: &str = "sdf/qemu_virt_aarch64.system";
-const PDS: [&str; 2] = ["link", "ledger"];
+const PDS: [&str; 3] = ["link", "ledger", "lender"];
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -37,13 +37,20 @@ pub enum Command {
         /// The ledger's disk: node and ledger journals (created, sparse, 64 MiB, mode 0600, if missing).
         #[arg(long, default_value = "target/image/blk.img")]
         disk: PathBuf,
+        /// The lender's own disk: its journal (created, sparse, 16 MiB, mode 0600, if missing).
+        /// Default: `lender.img` next to `--disk`.
+        #[arg(long)]
+        lender_disk: Option<PathBuf>,
     },
 }
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Build { board, config, repo, out } => build(&board, &config, &repo, &out),
-        Command::Run { socket, image, disk } => boot(&socket, &image, &disk),
+        Command::Run { socket, image, disk, lender_disk } => {
+            let lender_disk = lender_disk.unwrap_or_else(|| disk.with_file_name("lender.img"));
+            boot(&socket, &image, &disk, &lender_disk)
+        }
     }
 }
 
@@ -101,7 +108,7 @@ fn build(board: &str, config: &str, repo: &Path, out: &Path) -> Result<ExitCode,
 }
 
 /// The QEMU command line: devices pinned to the virtio-mmio transports `ppn-layout` gives them.
-pub fn qemu_args(image: &Path, socket: &Path, disk: &Path) -> Vec<String> {
+pub fn qemu_args(image: &Path, socket: &Path, disk: &Path, lender_disk: &Path) -> Vec<String> {
     use ppn_layout::devices;
     let on = |d: &ppn_layout::Device| {
         format!("{},bus=virtio-mmio-bus.{}", d.qemu_device().unwrap_or_default(), d.transport().unwrap_or_default())
@@ -121,31 +128,44 @@ pub fn qemu_args(image: &Path, socket: &Path, disk: &Path) -> Vec<String> {
         vec!["-device".into(), format!("{},drive=blk0", on(&devices::BLK))],
         vec!["-object".into(), "rng-random,id=rng0,filename=/dev/urandom".into()],
         vec!["-device".into(), format!("{},rng=rng0", on(&devices::RNG))],
+        // The lender PD's own disk, on its own transport: the ledger PD cannot reach it.
+        vec!["-drive".into(), format!("file={},if=none,format=raw,id=blk1", lender_disk.display())],
+        vec!["-device".into(), format!("{},drive=blk1", on(&devices::LENDER_BLK))],
     ]
     .concat()
 }
 
-fn boot(socket: &Path, image: &Path, disk: &Path) -> Result<ExitCode, String> {
+/// Creates `disk` (sparse, zeroed, `size` bytes, owner only) if it is missing.
+fn create_disk(disk: &Path, size: u64) -> Result<(), String> {
+    if disk.exists() {
+        return Ok(());
+    }
+    // Owner only: the node journal holds the identity seed.
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(disk)
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    f.set_len(size).map_err(|e| format!("{}: {e}", disk.display()))
+}
+
+fn boot(socket: &Path, image: &Path, disk: &Path, lender_disk: &Path) -> Result<ExitCode, String> {
     if !image.is_file() {
         return Err(format!("{} does not exist: run `ppn image build` first", image.display()));
     }
-    if !disk.exists() {
-        // Owner only: the node journal on it holds the identity seed.
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(disk)
-            .map_err(|e| format!("{}: {e}", disk.display()))?;
-        f.set_len(ppn_layout::disk::SIZE_BYTES).map_err(|e| format!("{}: {e}", disk.display()))?;
+    if disk == lender_disk {
+        return Err(format!("the ledger and the lender need two disks, not both {}", disk.display()));
     }
+    create_disk(disk, ppn_layout::disk::SIZE_BYTES)?;
+    create_disk(lender_disk, ppn_layout::lender_disk::SIZE_BYTES)?;
     if socket.exists() {
         std::fs::remove_file(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     }
     eprintln!("ppn image: booting {} (TCG); link on {}; Ctrl-C stops it", image.display(), socket.display());
     let mut qemu = Process::new("qemu-system-aarch64");
-    qemu.args(qemu_args(image, socket, disk));
+    qemu.args(qemu_args(image, socket, disk, lender_disk));
     status("qemu-system-aarch64", &mut qemu)?;
     Ok(ExitCode::SUCCESS)
 }

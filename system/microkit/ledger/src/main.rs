@@ -7,7 +7,9 @@
 //!   and every revocation survive a reboot of the image;
 //! - on the first boot the identity seed comes from the virtio-rng device (never a constant: no
 //!   device, no identity);
-//! - the wall clock that judges token expiry is the machine's PL031 real-time clock.
+//! - the wall clock that judges token expiry is the machine's PL031 real-time clock;
+//! - it answers the `lender` PD's ledger-port calls (`ppn_layout::ledger_port`: lease tokens,
+//!   trust, revocations, the time) on the lender's channel, and on no other.
 //!
 //! It boots with the same sequence as the hosted TCB (`ppn_tcb_core::boot`).
 #![no_std]
@@ -26,9 +28,9 @@ use core::cell::RefCell;
 use one_shot_mutex::sync::RawOneShotMutex;
 use ppn_journal::Journal;
 use ppn_journal::block::BlockStorage;
-use ppn_layout::{buffer, disk as areas, ledger as lay};
+use ppn_layout::{buffer, disk as areas, ledger as lay, ledger_port};
 use ppn_ledger::Roots;
-use ppn_microkit_support::{RequestBuffer, timer};
+use ppn_microkit_support::{PortBuffer, RequestBuffer, timer};
 use ppn_tcb_core::TcbCore;
 use ppn_wire::MAX_FRAME_LEN;
 use ppn_wire::service::Platform;
@@ -50,6 +52,7 @@ static mut ppn_rng_dma_paddr: u64 = 0;
 static mut ppn_blk_dma_paddr: u64 = 0;
 
 const LINK: Channel = Channel::new(lay::LINK_CHANNEL as usize);
+const LENDER: Channel = Channel::new(lay::LENDER_CHANNEL as usize);
 const RNG_IRQ: Channel = Channel::new(lay::RNG_IRQ as usize);
 const BLK_IRQ: Channel = Channel::new(lay::BLK_IRQ as usize);
 
@@ -137,12 +140,16 @@ fn init() -> LedgerPd {
         }
     };
     LedgerPd {
-        core,
+        // The lender service is the lender PD's; this PD answers its ledger-port calls.
+        core: core.with_lender_elsewhere(),
         _node_journal: booted.node_journal,
         clock,
         // SAFETY: REQUEST_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
         // buffer::SIZE bytes (ppn-layout, checked against the SDF).
         buffer: unsafe { RequestBuffer::new(lay::REQUEST_BUFFER_VADDR) },
+        // SAFETY: LENDER_BUFFER_VADDR is this PD's read-write mapping of lender_ledger_buffer,
+        // ledger_port::BUFFER_SIZE bytes (ppn-layout, checked against the SDF).
+        port: unsafe { PortBuffer::new(lay::LENDER_BUFFER_VADDR) },
         request: vec![0u8; buffer::FRAME_CAPACITY],
         response: vec![0u8; MAX_FRAME_LEN],
         started_ms: timer::uptime_ms(),
@@ -156,6 +163,7 @@ struct LedgerPd {
     _node_journal: Journal<Storage>,
     clock: rtc::Clock,
     buffer: RequestBuffer,
+    port: PortBuffer,
     request: Vec<u8>,
     response: Vec<u8>,
     started_ms: u64,
@@ -185,15 +193,34 @@ impl LedgerPd {
     }
 }
 
+impl LedgerPd {
+    /// Answers one ledger-port call from the lender PD: the request is copied out of the shared
+    /// page before it is decoded, the reply written back.
+    fn handle_port(&mut self) {
+        let mut request = [0u8; ledger_port::MAX_MESSAGE];
+        let n = self.port.read(&mut request);
+        let mut reply = [0u8; ledger_port::MAX_MESSAGE];
+        let now = self.clock.now_unix_s();
+        let len = ppn_tcb_core::remote::serve(self.core.ledger_mut(), now, &request[..n], &mut reply);
+        self.port.write(&reply[..len]);
+    }
+}
+
 impl Handler for LedgerPd {
     type Error = Infallible;
 
+    /// `link` calls with a request frame; `lender` with a ledger-port request. A call on any
+    /// other channel, or with the other's label, is refused with nothing read or written.
     fn protected(&mut self, channel: Channel, msg_info: MessageInfo) -> Result<MessageInfo, Self::Error> {
-        if channel != LINK || msg_info.label() != buffer::CALL_FRAME {
-            return Ok(MessageInfo::new(buffer::REPLY_NONE, 0));
+        if channel == LINK && msg_info.label() == buffer::CALL_FRAME {
+            self.handle_buffer();
+            return Ok(MessageInfo::new(buffer::REPLY_FRAME, 0));
         }
-        self.handle_buffer();
-        Ok(MessageInfo::new(buffer::REPLY_FRAME, 0))
+        if channel == LENDER && msg_info.label() == ledger_port::CALL_PORT {
+            self.handle_port();
+            return Ok(MessageInfo::new(ledger_port::REPLY_PORT, 0));
+        }
+        Ok(MessageInfo::new(buffer::REPLY_NONE, 0))
     }
 
     /// The rng and the disk are polled: their interrupts are acknowledged and otherwise ignored.

@@ -5,9 +5,10 @@
 //! (bad COBS, a chunk over the frame limit) is answered by `link` itself with a `BadFrame` error
 //! frame, as the hosted TCB answers it.
 //!
-//! Every request goes to `ledger`, the only service PD so far (it answers lender and attest with
-//! `NotImplemented`, like the hosted TCB). When lender and attest get PDs of their own, `link`
-//! routes by `ppn_layout::route`.
+//! `link` routes each frame by the service in its header (`ppn_layout::route`): lender requests
+//! to `lender` (through `link_lender_buffer`), everything else to `ledger`, which also answers
+//! what no PD serves yet (attest) with `NotImplemented`, like the hosted TCB, and every frame
+//! whose header does not parse with `BadFrame`.
 #![no_std]
 #![no_main]
 
@@ -19,7 +20,7 @@ use core::ptr::NonNull;
 use ppn_layout::{buffer, link as lay, qemu_virt};
 use ppn_microkit_support::{DmaPool, RequestBuffer, dma_hal};
 use ppn_wire::stream::{self, Deframer, MAX_ENCODED_LEN};
-use ppn_wire::{ErrorCode, MAX_FRAME_LEN, Response};
+use ppn_wire::{ErrorCode, Header, MAX_FRAME_LEN, Response, Service};
 use sel4_microkit::{Channel, ChannelSet, Handler, Infallible, MessageInfo, debug_println, protection_domain};
 use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
@@ -33,6 +34,10 @@ static CONSOLE_DMA: DmaPool = DmaPool::new(lay::CONSOLE_DMA_VADDR, lay::CONSOLE_
 dma_hal!(ConsoleHal, CONSOLE_DMA);
 
 const LEDGER: Channel = Channel::new(lay::LEDGER_CHANNEL as usize);
+const LENDER: Channel = Channel::new(lay::LENDER_CHANNEL as usize);
+
+/// The lender route's channel is the one the layout gives it (checked at compile time).
+const _: () = assert!(lay::LENDER_CHANNEL == 2 && lay::LEDGER_CHANNEL == 1);
 const CONSOLE_IRQ: Channel = Channel::new(lay::CONSOLE_IRQ as usize);
 
 /// The deframer holds a whole COBS chunk (over 16 KiB): more than link's stack, so it is static.
@@ -65,6 +70,9 @@ fn init() -> Link {
         // SAFETY: LEDGER_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
         // buffer::SIZE bytes (ppn-layout, checked against the SDF).
         buffer: unsafe { RequestBuffer::new(lay::LEDGER_BUFFER_VADDR) },
+        // SAFETY: LENDER_BUFFER_VADDR is this PD's read-write mapping of link_lender_buffer,
+        // buffer::SIZE bytes (ppn-layout, checked against the SDF).
+        lender_buffer: unsafe { RequestBuffer::new(lay::LENDER_BUFFER_VADDR) },
         input: Vec::with_capacity(4096),
         response: vec![0u8; MAX_FRAME_LEN],
         encoded: vec![0u8; MAX_ENCODED_LEN],
@@ -75,6 +83,7 @@ struct Link {
     console: Console,
     deframer: &'static mut Deframer,
     buffer: RequestBuffer,
+    lender_buffer: RequestBuffer,
     input: Vec<u8>,
     response: Vec<u8>,
     encoded: Vec<u8>,
@@ -87,21 +96,27 @@ impl core::fmt::Debug for Link {
 }
 
 impl Link {
-    /// Sends one request frame to `ledger` and returns the length of the response it wrote into
-    /// `self.response`.
-    fn call_ledger(&mut self, frame: &[u8]) -> usize {
-        if self.buffer.write_frame(frame).is_err() {
+    /// Sends one request frame to the PD that serves its service (`ppn_layout::route`; `ledger`
+    /// for anything else) and returns the length of the response it wrote into `self.response`.
+    fn call(&mut self, frame: &[u8]) -> usize {
+        let service = Header::parse(frame).map(|h| h.kind.service()).ok();
+        let to_lender = service
+            .and_then(ppn_layout::route)
+            .is_some_and(|r| r.service == Service::Lender && r.link_channel == lay::LENDER_CHANNEL);
+        let (buf, channel, name) =
+            if to_lender { (self.lender_buffer, LENDER, "lender") } else { (self.buffer, LEDGER, "ledger") };
+        if buf.write_frame(frame).is_err() {
             return self.error_frame("request frame exceeds the frame buffer");
         }
-        let reply = LEDGER.pp_call(MessageInfo::new(buffer::CALL_FRAME, 0));
+        let reply = channel.pp_call(MessageInfo::new(buffer::CALL_FRAME, 0));
         if reply.label() != buffer::REPLY_FRAME {
-            return self.error_frame("the ledger PD refused the call");
+            return self.error_frame(&alloc::format!("the {name} PD refused the call"));
         }
         // Copy out before framing: the callee could still be writing (it cannot, it replied;
         // but link treats the buffer as shared all the same).
-        match self.buffer.read_frame(&mut self.response) {
+        match buf.read_frame(&mut self.response) {
             Ok(n) => n,
-            Err(_) => self.error_frame("the ledger PD's response exceeds the frame buffer"),
+            Err(_) => self.error_frame(&alloc::format!("the {name} PD's response exceeds the frame buffer")),
         }
     }
 
@@ -145,7 +160,7 @@ impl Link {
                     None => continue,
                     Some(Ok(frame)) => {
                         let frame: Vec<u8> = frame.to_vec();
-                        self.call_ledger(&frame)
+                        self.call(&frame)
                     }
                     Some(Err(e)) => {
                         let detail = alloc::format!("{e}");

@@ -249,3 +249,45 @@ impl RequestBuffer {
         Ok(())
     }
 }
+
+/// The ledger port's buffer (`ppn_layout::ledger_port`), shared by `lender` and `ledger`: one
+/// message of at most `MAX_MESSAGE` bytes at offset 0, its length in its own header. The other
+/// side can rewrite it at any time, so every access is a volatile copy into or out of the PD's
+/// own memory, and only the copy is decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct PortBuffer {
+    base: *mut u8,
+}
+
+impl PortBuffer {
+    /// The buffer mapped at `vaddr` (a `ppn_layout` constant).
+    ///
+    /// # Safety
+    /// `vaddr` must be the PD's read-write mapping of `lender_ledger_buffer`, of at least
+    /// `ppn_layout::ledger_port::BUFFER_SIZE` bytes, for the whole life of the program.
+    pub const unsafe fn new(vaddr: u64) -> Self {
+        Self { base: vaddr as *mut u8 }
+    }
+
+    /// Copies the first `out.len()` bytes (at most `MAX_MESSAGE`) out of the buffer.
+    pub fn read(&self, out: &mut [u8]) -> usize {
+        let n = out.len().min(ppn_layout::ledger_port::MAX_MESSAGE);
+        for (i, b) in out[..n].iter_mut().enumerate() {
+            // SAFETY: i < MAX_MESSAGE <= BUFFER_SIZE, inside the mapping (see `new`).
+            *b = unsafe { core::ptr::read_volatile(self.base.add(i)) };
+        }
+        n
+    }
+
+    /// Copies `msg` (at most `MAX_MESSAGE` bytes; more is cut) into the buffer; the rest of the
+    /// message area is zeroed, so no earlier message's tail is left in it.
+    pub fn write(&self, msg: &[u8]) {
+        let max = ppn_layout::ledger_port::MAX_MESSAGE;
+        for i in 0..max {
+            let b = msg.get(i).copied().unwrap_or(0);
+            // SAFETY: i < MAX_MESSAGE <= BUFFER_SIZE, inside the mapping (see `new`).
+            unsafe { core::ptr::write_volatile(self.base.add(i), b) };
+        }
+        core::sync::atomic::fence(Ordering::SeqCst);
+    }
+}
