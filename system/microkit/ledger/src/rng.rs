@@ -84,6 +84,13 @@ impl Rng {
         }
         let legacy = rng.read(R_VERSION) == 1;
         rng.write(R_STATUS, 0);
+        // A reset restarts the device's ring indices at 0; an earlier driver's rings are still in
+        // the DMA page (the first boot reads the seed through one, then pairing opens another),
+        // and a stale used index equal to the next one would hide the first completion.
+        for off in 0..BUF + BUF_LEN {
+            rng.dma_write::<u8>(off, 0);
+        }
+        fence(Ordering::SeqCst);
         rng.write(R_STATUS, S_ACKNOWLEDGE);
         rng.write(R_STATUS, S_ACKNOWLEDGE | S_DRIVER);
         // Features: none for legacy; VIRTIO_F_VERSION_1 (bit 32) for modern.
@@ -138,7 +145,7 @@ impl Rng {
 
     fn dma_write<T>(&self, off: usize, v: T) {
         // SAFETY: every offset used is below BUF + BUF_LEN < 4096, inside the DMA page, and
-        // aligned for T (desc 16-aligned, rings 2/4-aligned).
+        // aligned for T (desc 16-aligned, rings 2/4-aligned; bytes anywhere).
         unsafe { write_volatile(self.dma.add(off) as *mut T, v) }
     }
 
