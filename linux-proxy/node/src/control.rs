@@ -8,6 +8,9 @@
 //! | `{"op":"vm-start"\|"vm-stop"\|"vm-destroy","name":N}` | `{"ok":true,...}` |
 //! | `{"op":"vm-list"}` | `{"ok":true,"vms":[...]}` |
 //! | `{"op":"vm-grow","name":N,"mib":M[,"from":"<16 hex>"][,"lease_secs":S]}` | `{"ok":true,"grown":{...}}` |
+//! | `{"op":"vm-migrate","name":N,"to":"<16 hex>"[,"downtime_ms":D][,"max_bandwidth":B][,"timeout_s":T]}` | `{"ok":true,"migration":{...}}` at once ([`crate::migration::MigrationStatus`]) |
+//! | `{"op":"vm-migrate-status","name":N}` | `{"ok":true,"migration":{...}}` |
+//! | `{"op":"vm-agent","name":N}` | `{"ok":true,"agent":{"counter","mem_total_kib","at_unix_us"}}` (latest report, no QMP) |
 //! | `{"op":"lease-list"}` | `{"ok":true,"leases":{...}}` |
 //! | `{"op":"lease-release","lease_id":L}` | `{"ok":true,"released":"..."}` |
 //!
@@ -122,6 +125,7 @@ async fn vm_op(node: &Node, op: &str, req: &serde_json::Value) -> Result<serde_j
             let grown = vms.grow(name(req)?, mib, from, secs).await?;
             ok("grown", serde_json::to_value(grown).map_err(|e| e.to_string())?)
         }
+        "vm-migrate" | "vm-migrate-status" | "vm-agent" => return crate::migration::control(node, op, req).await,
         "lease-list" => ok("leases", vms.leases().await),
         "lease-release" => {
             let id = req["lease_id"].as_u64().ok_or("lease-release: want \"lease_id\"")?;

@@ -14,6 +14,8 @@ pub mod control;
 pub mod fleet;
 pub mod hints;
 pub mod lease_wire;
+pub mod migrate_wire;
+pub mod migration;
 pub mod node;
 pub mod transport;
 pub mod vms;

@@ -128,6 +128,8 @@ pub struct Node {
     pub gossip: Arc<Gossip<MeshTransport>>,
     /// VMs, borrowed leases, the lease service.
     pub vms: Arc<crate::vms::VmPlane>,
+    /// Live migrations, both sides (mesh port 7004).
+    pub migrations: Arc<crate::migration::Migrations>,
     tcb: Arc<TcbClient>,
     tcb_path: PathBuf,
     hints: Arc<Mutex<Hints>>,
@@ -183,11 +185,14 @@ impl Node {
         let vms = crate::vms::VmPlane::open(&cfg.dir, me, Arc::clone(&tcb), mesh.clone(), Arc::clone(&gossip))
             .map_err(NodeError::Vms)?;
         vms.spawn(gossip.subscribe_ledger_changes()).await.map_err(NodeError::Vms)?;
+        let migrations = crate::migration::Migrations::new(me, Arc::clone(&tcb), mesh.clone(), Arc::clone(&vms));
+        migrations.spawn().await.map_err(NodeError::Vms)?;
         let node = Node {
             me,
             mesh,
             gossip,
             vms,
+            migrations,
             tcb,
             tcb_path: cfg.tcb.clone(),
             hints: Arc::new(Mutex::new(hints)),

@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 pub const GOSSIP_PORT: u16 = 7001;
 /// The mesh port of the read-only ledger relay.
 pub const RELAY_PORT: u16 = 7002;
+/// The mesh port of the migration service (`crate::migration`); 7003 is the lease service.
+pub const MIGRATE_PORT: u16 = 7004;
 
 /// The node a mesh IP belongs to (IPv6 mesh addresses end in the node id).
 pub fn node_of(ip: IpAddr) -> Option<NodeId> {

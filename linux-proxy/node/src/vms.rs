@@ -228,7 +228,7 @@ impl VmPlane {
     }
 
     /// Keeps the latest guest agent report of `name` (reconnecting while the VM exists).
-    fn watch_agent(&self, name: &str) {
+    pub(crate) fn watch_agent(&self, name: &str) {
         let Ok(paths) = self.manager.paths(name) else { return };
         let agents = Arc::clone(&self.agents);
         let name = name.to_owned();
@@ -593,6 +593,49 @@ impl VmPlane {
             }
             other => refuse(format!("{other:?} is not a request")),
         }
+    }
+}
+
+impl VmPlane {
+    /// Migration hook (`crate::migration`): `vm` arrived with `mib` MiB plugged that this node
+    /// holds no lease for; borrow that much from a peer (best fit) and book it as plugged.
+    /// On an error nothing is booked and the caller unplugs the memory.
+    pub(crate) async fn cover_plugged(&self, vm: &str, mib: u64) -> Result<u64, String> {
+        let blocks = u32::try_from(mib / 2).map_err(|_| format!("{mib} MiB is too much to lend at once"))?;
+        let lender = self.choose_lender(blocks)?;
+        let expires = now_unix_s() + DEFAULT_LEASE_SECS;
+        let (lease_id, token, endorsement) =
+            match self.ask(lender, &LeaseMsg::Request { blocks, expires_unix_s: expires }).await? {
+                LeaseMsg::Granted { lease_id, token, endorsement } => (lease_id, token, endorsement),
+                other => return Err(format!("{lender} answered a lease request with {other:?}")),
+            };
+        let record = BorrowedLease {
+            lease_id,
+            lender: lender.to_string(),
+            vm: vm.to_owned(),
+            mib,
+            expires_unix_s: expires,
+            token: hex(&token),
+            endorsement: hex(&endorsement),
+            plugged: true,
+        };
+        let verdict = self.tcb.verify_endorsed(&token, &ppn_wire::ByteArray(endorsement)).await;
+        let want = TokenClaims {
+            resource_type: ResourceType::Memory,
+            issuer: lender,
+            grantee: self.me,
+            resource_id: lease_id,
+            expires_unix_s: expires,
+        };
+        if !matches!(verdict, Ok(Verdict::Valid)) || token_claims(&token) != Some(want) {
+            self.release_at_lender(&record).await;
+            return Err(format!("the lease from {lender} does not check: {verdict:?}"));
+        }
+        let mut book = self.book.lock().await;
+        book.push(record);
+        self.save(&book)?;
+        self.event(format!("{vm} arrived with {mib} MiB plugged: now lent by {lender} (lease {lease_id})"));
+        Ok(lease_id)
     }
 }
 

@@ -98,6 +98,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live migration through the fabric (grant, mesh tunnel) next to a plain QEMU-to-QEMU
+    /// migration on loopback of the same kind of guest: downtime and totals (docs/migration.md).
+    /// Starts a 2-node fleet and bare QEMUs in a temporary directory, stops them at the end.
+    Migrate {
+        /// Boot memory of the guest, MiB.
+        #[arg(long, default_value_t = 512)]
+        mem: u64,
+        /// Data directory of the guest image cache (DIR/ppn-guest).
+        #[arg(long, env = "PPN_DATA_DIR", default_value = "target")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
@@ -105,6 +118,9 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Tcb { sockets, requests, json } => return tcb(&sockets, requests, json),
         Command::MeshRevocation { nodes, runs, loss, json } => return mesh_revocation(nodes, runs, loss, json),
         Command::Tunnel { mib, json } => return tunnel(mib, json),
+        Command::Migrate { mem, data_dir, json } => {
+            return crate::bench_migrate::migrate(&crate::bench_migrate::MigrateOpts { mem, data_dir }, json);
+        }
         Command::Tokens { revocations, batches, iters, biscuit_iters, json } => {
             if batches == 0 || iters == 0 || biscuit_iters == 0 {
                 return Err("--batches, --iters and --biscuit-iters must be at least 1".into());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod bench;
+mod bench_migrate;
 mod fleet;
 mod grant;
 mod guest;

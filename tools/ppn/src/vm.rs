@@ -101,6 +101,83 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live-migrate a running VM to another node through the mesh tunnel (the destination
+    /// must hold a valid grant from this node's TCB); shows QEMU's progress, then the downtime
+    /// and the total. On a failure the VM keeps running on this node.
+    Migrate {
+        name: String,
+        #[command(flatten)]
+        on: On,
+        /// The destination: a node index of the local fleet, or a node id (16 hex digits).
+        #[arg(long)]
+        to: String,
+        /// QEMU's downtime limit for the switch-over, ms.
+        #[arg(long, default_value_t = 30)]
+        downtime_ms: u64,
+        /// QEMU's bandwidth limit, bytes per second (default: none to speak of).
+        #[arg(long)]
+        max_bandwidth: Option<u64>,
+        /// Give up (and keep the VM here) after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A node id: given as 16 hex digits, or as a node index of the local fleet.
+pub fn node_id(on: &On, node: &str) -> Result<String, String> {
+    if node.len() == 16 && node.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(node.to_ascii_lowercase());
+    }
+    let i: usize = node.parse().map_err(|_| format!("--to {node}: want a node index or 16 hex digits"))?;
+    let f = fleet::load(&on.fleet_dir)?;
+    Ok(f.nodes.get(i).ok_or_else(|| format!("the fleet has no node {i}"))?.node_id.clone())
+}
+
+/// Starts a migration and follows it until it ends (`bar`: an indicatif progress bar on
+/// stderr); returns the final status, or the error with the status when it failed.
+pub fn migrate(on: &On, request: Value, bar: bool) -> Result<Value, String> {
+    let name = request["name"].as_str().unwrap_or_default().to_owned();
+    on.call(request)?;
+    let pb = if bar {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg:<12} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
+            )
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+        );
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let status = loop {
+        let v = on.call(json!({ "op": "vm-migrate-status", "name": name }))?;
+        let m = v["migration"].clone();
+        let p = &m["progress"];
+        let total = p["total_bytes"].as_u64().unwrap_or(0);
+        if total > 0 {
+            pb.set_length(total);
+            pb.set_position(total.saturating_sub(p["remaining_bytes"].as_u64().unwrap_or(total)));
+        }
+        pb.set_message(m["phase"].as_str().unwrap_or("?").to_owned());
+        match m["phase"].as_str() {
+            Some("completed") | Some("failed") => break m,
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
+    pb.finish_and_clear();
+    if status["phase"] == "completed" {
+        Ok(status)
+    } else {
+        Err(format!(
+            "migrating {name} failed: {}; the guest {} on the source",
+            status["error"].as_str().unwrap_or("?"),
+            if status["source_running"] == true { "runs on" } else { "does NOT run" }
+        ))
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -174,6 +251,31 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
                         vm["agent"]["counter"].as_u64().map_or("-".into(), |c| c.to_string()),
                     );
                 }
+            }
+        }
+        Command::Migrate { name, on, to, downtime_ms, max_bandwidth, timeout_s, json } => {
+            let to_id = node_id(&on, &to)?;
+            let mut req = json!({ "op": "vm-migrate", "name": name, "to": to_id,
+                "downtime_ms": downtime_ms, "timeout_s": timeout_s });
+            if let Some(b) = max_bandwidth {
+                req["max_bandwidth"] = json!(b);
+            }
+            let m = migrate(&on, req, !json)?;
+            if json {
+                print_json(&m)?;
+            } else {
+                let p = &m["progress"];
+                println!(
+                    "{name} migrated to {to_id}: downtime {} ms (limit {downtime_ms} ms), total {:.0} ms \
+                     (QEMU {} ms, grant {:.1} ms, destination ready {:.0} ms), {} MiB sent at {:.0} Mbit/s",
+                    m["downtime_ms"],
+                    m["total_ms"].as_f64().unwrap_or(0.0),
+                    m["qemu_total_ms"],
+                    m["grant_ms"].as_f64().unwrap_or(0.0),
+                    m["ready_ms"].as_f64().unwrap_or(0.0),
+                    p["transferred_bytes"].as_u64().unwrap_or(0) >> 20,
+                    p["mbps"].as_f64().unwrap_or(0.0),
+                );
             }
         }
         Command::Grow { name, on, mib, from, lease_secs, json } => {

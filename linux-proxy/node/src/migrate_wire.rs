@@ -1,0 +1,344 @@
+//! The migration protocol between node proxies, on mesh port [`MIGRATE_PORT`]: one migration
+//! per stream. The source is whoever the mesh says opened the stream (its inner source address
+//! is its node id), never a field of a message.
+//!
+//! A message (all integers little endian):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `PPNM` |
+//! | 4 | 1 | version `1` |
+//! | 5 | 1 | type (below) |
+//! | 6 | 2 | body length n (at most [`MAX_BODY`]) |
+//! | 8 | n | body |
+//!
+//! | type | message | direction | body |
+//! | --- | --- | --- | --- |
+//! | 1 | `Request` | source → destination | token length u8 (1..=64), token, endorsement (64), VM spec: UTF-8 JSON, the rest of the body (1..=[`MAX_SPEC`] bytes) |
+//! | 2 | `Ready` | destination → source | empty |
+//! | 3 | `Refused` | destination → source | UTF-8 reason, the whole body (at most 256 bytes) |
+//! | 4 | `Done` | destination → source | running u8 (0 or 1), UTF-8 detail (at most 256 bytes) |
+//!
+//! After `Ready` the source → destination direction carries the raw QEMU migration stream
+//! until the source closes its writing side; the destination → source direction carries
+//! exactly one more message, `Done`, once the destination's QEMU runs the guest (1) or has
+//! failed (0).
+//!
+//! A body of the wrong length for its type, an unknown type or version, a token of a bad
+//! length, a spec or a reason that is not UTF-8, an empty or oversized spec: each is its own
+//! [`MigrateWireError`]. Nothing is read past the length the header gives.
+
+pub use crate::transport::MIGRATE_PORT;
+
+/// `PPNM`.
+pub const MAGIC: [u8; 4] = *b"PPNM";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 8;
+/// The longest spec JSON.
+pub const MAX_SPEC: usize = 4096;
+/// The longest token ([`ppn_wire::service::TOKEN_MAX`]).
+pub const TOKEN_MAX: usize = 64;
+/// The largest body: a `Request` with a 64-byte token and the longest spec.
+pub const MAX_BODY: usize = 1 + TOKEN_MAX + 64 + MAX_SPEC;
+/// The longest reason or detail.
+pub const MAX_TEXT: usize = 256;
+
+/// A migration protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrateMsg {
+    Request { token: Vec<u8>, endorsement: [u8; 64], spec: String },
+    Ready,
+    Refused { reason: String },
+    Done { running: bool, detail: String },
+}
+
+/// Why bytes are not a migration message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrateWireError {
+    #[error("migration message of {0} bytes is shorter than its 8-byte header")]
+    Short(usize),
+    #[error("not a migration message (magic {0:02x?})")]
+    Magic([u8; 4]),
+    #[error("migration protocol version {0}; this build speaks 1")]
+    Version(u8),
+    #[error("migration message body of {0} bytes is over the limit of {MAX_BODY}")]
+    TooLong(usize),
+    #[error("migration message says {said} body bytes, {got} follow")]
+    Length { said: usize, got: usize },
+    #[error("unknown migration message type {0}")]
+    UnknownType(u8),
+    #[error("migration message type {kind}: body of {len} bytes, want {want}")]
+    Body { kind: u8, len: usize, want: usize },
+    #[error("migration token of {0} bytes (1 to 64)")]
+    Token(usize),
+    #[error("VM spec of {0} bytes (1 to {MAX_SPEC})")]
+    Spec(usize),
+    #[error("text of {0} bytes (at most {MAX_TEXT})")]
+    Text(usize),
+    #[error("running flag {0} (0 or 1)")]
+    Flag(u8),
+    #[error("{0} is not UTF-8")]
+    Utf8(&'static str),
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl MigrateMsg {
+    fn kind(&self) -> u8 {
+        match self {
+            MigrateMsg::Request { .. } => 1,
+            MigrateMsg::Ready => 2,
+            MigrateMsg::Refused { .. } => 3,
+            MigrateMsg::Done { .. } => 4,
+        }
+    }
+
+    /// The message's bytes. A token over 64 bytes, a spec over [`MAX_SPEC`] or a text over 256
+    /// bytes is cut (texts at a character boundary); the sender checks the spec's length first
+    /// ([`MigrateMsg::request`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        match self {
+            MigrateMsg::Request { token, endorsement, spec } => {
+                let token = &token[..token.len().min(TOKEN_MAX)];
+                body.push(token.len() as u8);
+                body.extend_from_slice(token);
+                body.extend_from_slice(endorsement);
+                body.extend_from_slice(cut(spec, MAX_SPEC).as_bytes());
+            }
+            MigrateMsg::Ready => {}
+            MigrateMsg::Refused { reason } => body.extend_from_slice(cut(reason, MAX_TEXT).as_bytes()),
+            MigrateMsg::Done { running, detail } => {
+                body.push(u8::from(*running));
+                body.extend_from_slice(cut(detail, MAX_TEXT).as_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.kind());
+        out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// A request, refused here when the spec does not fit rather than cut.
+    pub fn request(token: &[u8], endorsement: [u8; 64], spec: String) -> Result<Self, MigrateWireError> {
+        if token.is_empty() || token.len() > TOKEN_MAX {
+            return Err(MigrateWireError::Token(token.len()));
+        }
+        if spec.is_empty() || spec.len() > MAX_SPEC {
+            return Err(MigrateWireError::Spec(spec.len()));
+        }
+        Ok(MigrateMsg::Request { token: token.to_vec(), endorsement, spec })
+    }
+
+    /// Checks a header; returns the body length that follows it.
+    pub fn body_len(header: &[u8]) -> Result<usize, MigrateWireError> {
+        if header.len() < HEADER_LEN {
+            return Err(MigrateWireError::Short(header.len()));
+        }
+        let magic: [u8; 4] = header[..4].try_into().expect("4 bytes");
+        if magic != MAGIC {
+            return Err(MigrateWireError::Magic(magic));
+        }
+        if header[4] != VERSION {
+            return Err(MigrateWireError::Version(header[4]));
+        }
+        let n = u16::from_le_bytes([header[6], header[7]]) as usize;
+        if n > MAX_BODY {
+            return Err(MigrateWireError::TooLong(n));
+        }
+        Ok(n)
+    }
+
+    /// Decodes exactly one message: `bytes` is its header and whole body, nothing more.
+    pub fn decode(bytes: &[u8]) -> Result<MigrateMsg, MigrateWireError> {
+        let n = Self::body_len(bytes)?;
+        let body = &bytes[HEADER_LEN..];
+        if body.len() != n {
+            return Err(MigrateWireError::Length { said: n, got: body.len() });
+        }
+        let kind = bytes[5];
+        let text = |b: &[u8], what: &'static str| -> Result<String, MigrateWireError> {
+            if b.len() > MAX_TEXT {
+                return Err(MigrateWireError::Text(b.len()));
+            }
+            Ok(std::str::from_utf8(b).map_err(|_| MigrateWireError::Utf8(what))?.to_owned())
+        };
+        Ok(match kind {
+            1 => {
+                let Some(&t) = body.first() else {
+                    return Err(MigrateWireError::Body { kind, len: 0, want: 1 + 1 + 64 + 1 });
+                };
+                let t = t as usize;
+                if t == 0 || t > TOKEN_MAX {
+                    return Err(MigrateWireError::Token(t));
+                }
+                if body.len() < 1 + t + 64 {
+                    return Err(MigrateWireError::Body { kind, len: body.len(), want: 1 + t + 64 + 1 });
+                }
+                let spec = &body[1 + t + 64..];
+                if spec.is_empty() || spec.len() > MAX_SPEC {
+                    return Err(MigrateWireError::Spec(spec.len()));
+                }
+                MigrateMsg::Request {
+                    token: body[1..1 + t].to_vec(),
+                    endorsement: body[1 + t..1 + t + 64].try_into().expect("64 bytes"),
+                    spec: std::str::from_utf8(spec).map_err(|_| MigrateWireError::Utf8("VM spec"))?.to_owned(),
+                }
+            }
+            2 => {
+                if !body.is_empty() {
+                    return Err(MigrateWireError::Body { kind, len: body.len(), want: 0 });
+                }
+                MigrateMsg::Ready
+            }
+            3 => MigrateMsg::Refused { reason: text(body, "refusal reason")? },
+            4 => {
+                let Some(&flag) = body.first() else {
+                    return Err(MigrateWireError::Body { kind, len: 0, want: 1 });
+                };
+                let running = match flag {
+                    0 => false,
+                    1 => true,
+                    f => return Err(MigrateWireError::Flag(f)),
+                };
+                MigrateMsg::Done { running, detail: text(&body[1..], "detail")? }
+            }
+            k => return Err(MigrateWireError::UnknownType(k)),
+        })
+    }
+}
+
+/// Reads one message from a stream: the header, checked, then exactly its body.
+pub async fn read_msg<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Result<MigrateMsg, MigrateWireError>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; HEADER_LEN];
+    r.read_exact(&mut buf).await?;
+    let n = match MigrateMsg::body_len(&buf) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(e)),
+    };
+    buf.resize(HEADER_LEN + n, 0);
+    r.read_exact(&mut buf[HEADER_LEN..]).await?;
+    Ok(MigrateMsg::decode(&buf))
+}
+
+/// Fuzzing hook: decoding never panics, and what decodes re-encodes to the same bytes.
+pub fn fuzz_decode(data: &[u8]) {
+    if let Ok(m) = MigrateMsg::decode(data) {
+        assert_eq!(m.encode(), data, "a decoded migration message did not re-encode to its bytes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<MigrateMsg> {
+        vec![
+            MigrateMsg::Request { token: vec![9; 60], endorsement: [3; 64], spec: r#"{"name":"a"}"#.into() },
+            MigrateMsg::Request { token: vec![1], endorsement: [0; 64], spec: "x".repeat(MAX_SPEC) },
+            MigrateMsg::Ready,
+            MigrateMsg::Refused { reason: "the grant does not check: BadEndorsement".into() },
+            MigrateMsg::Refused { reason: String::new() },
+            MigrateMsg::Done { running: true, detail: "running".into() },
+            MigrateMsg::Done { running: false, detail: String::new() },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_and_every_truncation_is_refused() {
+        for m in all() {
+            let bytes = m.encode();
+            assert_eq!(MigrateMsg::decode(&bytes), Ok(m.clone()));
+            fuzz_decode(&bytes);
+            for cut in 0..bytes.len() {
+                assert!(MigrateMsg::decode(&bytes[..cut]).is_err(), "{m:?} cut at {cut} decoded");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(MigrateMsg::decode(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn each_bad_field_has_its_error() {
+        let ok = MigrateMsg::Ready.encode();
+        let mut m = ok.clone();
+        m[0] = b'X';
+        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Magic(*b"XPNM")));
+        let mut m = ok.clone();
+        m[4] = 2;
+        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Version(2)));
+        let mut m = ok.clone();
+        m[5] = 9;
+        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::UnknownType(9)));
+        let mut m = ok.clone();
+        m[6..8].copy_from_slice(&(MAX_BODY as u16 + 1).to_le_bytes());
+        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::TooLong(MAX_BODY + 1)));
+        let mut m = MigrateMsg::Refused { reason: "ab".into() }.encode();
+        m[5] = 2;
+        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Body { kind: 2, len: 2, want: 0 }));
+        let req = MigrateMsg::Request { token: vec![1; 60], endorsement: [0; 64], spec: "{}".into() };
+        let mut r = req.encode();
+        r[HEADER_LEN] = 65;
+        assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Token(65)));
+        let mut r = req.encode();
+        r[HEADER_LEN] = 0;
+        assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Token(0)));
+        let mut r = req.encode();
+        let n = r.len();
+        r[n - 1] = 0xFF;
+        assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Utf8("VM spec")));
+        // A request whose spec is empty.
+        let mut r = req.encode();
+        r.truncate(r.len() - 2);
+        let body = (r.len() - HEADER_LEN) as u16;
+        r[6..8].copy_from_slice(&body.to_le_bytes());
+        assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Spec(0)));
+        let mut d = MigrateMsg::Done { running: true, detail: String::new() }.encode();
+        d[HEADER_LEN] = 2;
+        assert_eq!(MigrateMsg::decode(&d), Err(MigrateWireError::Flag(2)));
+        let mut f = MigrateMsg::Refused { reason: "ab".into() }.encode();
+        f[HEADER_LEN] = 0xFF;
+        assert_eq!(MigrateMsg::decode(&f), Err(MigrateWireError::Utf8("refusal reason")));
+        assert_eq!(MigrateMsg::decode(&[1, 2]), Err(MigrateWireError::Short(2)));
+        // A refusal longer than 256 bytes is refused, though within MAX_BODY.
+        let mut long = MigrateMsg::Refused { reason: String::new() }.encode();
+        long.extend_from_slice(&[b'a'; 300]);
+        long[6..8].copy_from_slice(&300u16.to_le_bytes());
+        assert_eq!(MigrateMsg::decode(&long), Err(MigrateWireError::Text(300)));
+    }
+
+    #[test]
+    fn request_refuses_what_would_be_cut_and_encode_cuts_texts() {
+        assert_eq!(MigrateMsg::request(&[1; 60], [0; 64], "x".repeat(MAX_SPEC + 1)), Err(MigrateWireError::Spec(4097)));
+        assert_eq!(MigrateMsg::request(&[], [0; 64], "{}".into()), Err(MigrateWireError::Token(0)));
+        assert!(MigrateMsg::request(&[1; 60], [0; 64], "{}".into()).is_ok());
+        let m = MigrateMsg::Refused { reason: "é".repeat(200) };
+        match MigrateMsg::decode(&m.encode()).unwrap() {
+            MigrateMsg::Refused { reason } => assert_eq!(reason, "é".repeat(128)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_reads_exactly_one_message_then_raw_bytes_follow() {
+        let mut bytes = MigrateMsg::Ready.encode();
+        bytes.extend_from_slice(b"QEVM raw migration bytes");
+        let mut r = &bytes[..];
+        assert_eq!(read_msg(&mut r).await.unwrap(), Ok(MigrateMsg::Ready));
+        assert_eq!(r, b"QEVM raw migration bytes");
+    }
+}

@@ -1,0 +1,734 @@
+//! Live migration of a running VM to another node through the mesh (docs/migration.md).
+//!
+//! Source (`vm-migrate`): this node's TCB issues a `Vm` grant to the destination (resource id
+//! [`vm_id`]: the VM named by its issuer and name) and endorses it; the proxy opens a mesh
+//! stream to the destination's [`MIGRATE_PORT`] and sends a [`MigrateMsg::Request`] with the
+//! spec, the token and the endorsement. Once the destination answers `Ready`, the source QEMU
+//! migrates to a loopback TCP port this proxy listens on, and the proxy copies that connection
+//! into the mesh stream. Progress is `query-migrate`, kept for `vm-migrate-status`. When QEMU
+//! says `completed` the proxy waits for the destination's `Done`: running → the source QEMU is
+//! quit and the VM destroyed here (which ends its borrowed leases at their lenders); anything
+//! else before the switch-over → `migrate_cancel`, and the guest runs on here (`cont`).
+//!
+//! Destination: the TCB checks the endorsed token (`Valid`), and the proxy checks its claims
+//! (type `Vm`, issued by the mesh peer that asked, granted to this node, resource id the VM's
+//! id); it creates the VM from the spec (no extra QEMU arguments, kernel and initrd present
+//! here), starts it with `-incoming defer` and `migrate-incoming` on a loopback port, answers
+//! `Ready` and copies the mesh stream into that port. When the stream ends it waits until its
+//! QEMU runs the guest and answers `Done`; a QEMU that died or failed to load is destroyed. The
+//! memory the VM arrives with plugged is then borrowed here from a peer (the source's leases end
+//! with the source's copy); if no peer lends it, it is unplugged.
+
+use crate::migrate_wire::{MIGRATE_PORT, MigrateMsg, MigrateWireError, read_msg};
+use crate::transport::{ip_of, node_of};
+use crate::vms::{TokenClaims, VmPlane, token_claims};
+use ppn_mesh::{Mesh, MeshStream};
+use ppn_tcb_client::TcbClient;
+use ppn_vm::VmSpec;
+use ppn_vm::migrate::{MigrationParams, MigrationProgress};
+use ppn_wire::NodeId;
+use ppn_wire::service::{ResourceType, Verdict};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Default `downtime-limit`, ms.
+pub const DEFAULT_DOWNTIME_MS: u64 = 30;
+/// Default `max-bandwidth`, bytes per second: far above what the mesh carries, so the
+/// stream is paced by the tunnel, not by QEMU.
+pub const DEFAULT_MAX_BANDWIDTH: u64 = 8 << 30;
+/// Default time the whole migration may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the grant the source issues is valid: long enough to reach the destination and be
+/// checked there; the destination checks it once, at the request.
+pub const GRANT_SECS: u64 = 120;
+/// Opening the mesh stream.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request to `Ready`: the destination checks the grant and starts its QEMU.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The source QEMU connecting to the proxy's loopback port.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Source `completed` to the destination's `Done`.
+const DONE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the source polls `query-migrate`.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Migration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("VM {name}: {what}")]
+    Vm { name: String, what: String },
+    #[error("TCB: {0}")]
+    Tcb(#[from] ppn_tcb_client::ClientError),
+    #[error("mesh stream to {to}: {what}")]
+    Stream { to: NodeId, what: String },
+    #[error(transparent)]
+    Wire(#[from] MigrateWireError),
+    #[error("loopback port: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{name}: {what} after {after:?}")]
+    Timeout { name: String, what: &'static str, after: Duration },
+}
+
+fn vm_err(name: &str) -> impl Fn(String) -> MigrationError + '_ {
+    move |what| MigrationError::Vm { name: name.into(), what }
+}
+
+/// The resource id of a VM in a `Vm` grant: FNV-1a 64 over `"ppn/vm/v1\0"`, the issuing
+/// (source) node's id and the VM's name. It binds a grant to one VM of one source.
+pub fn vm_id(source: NodeId, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"ppn/vm/v1\0".iter().chain(source.0.0.iter()).chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn now_unix_s() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The destination's check of a request's grant, after its TCB gave `verdict` for the endorsed
+/// token: valid, a `Vm` grant issued by the peer that asked, to this node, for this VM.
+pub fn check_grant(
+    verdict: Verdict,
+    claims: Option<TokenClaims>,
+    me: NodeId,
+    peer: NodeId,
+    vm_name: &str,
+) -> Result<(), String> {
+    if verdict != Verdict::Valid {
+        return Err(format!("the grant does not check: TCB verdict {verdict:?}"));
+    }
+    let c = claims.ok_or("the grant is not a token of the known layout")?;
+    if c.resource_type != ResourceType::Vm {
+        return Err(format!("the grant is for {:?}, not a VM", c.resource_type));
+    }
+    if c.issuer != peer {
+        return Err(format!("the grant was issued by {}, not by the peer that asked ({peer})", c.issuer));
+    }
+    if c.grantee != me {
+        return Err(format!("the grant names {} as grantee, not this node ({me})", c.grantee));
+    }
+    let want = vm_id(peer, vm_name);
+    if c.resource_id != want {
+        return Err(format!("the grant is for VM id {:#018x}, not {vm_name} ({want:#018x})", c.resource_id));
+    }
+    Ok(())
+}
+
+/// Where a migration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The TCB issues and endorses the grant.
+    Granting,
+    /// The destination checks the grant and starts its QEMU.
+    Connecting,
+    /// QEMU's migration stream flows.
+    Migrating,
+    /// The source QEMU completed; waiting for the destination to run the guest.
+    Switching,
+    Completed,
+    Failed,
+}
+
+/// A migration as `vm-migrate-status` shows it (source side).
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationStatus {
+    pub vm: String,
+    pub to: String,
+    pub phase: Phase,
+    pub downtime_limit_ms: u64,
+    pub max_bandwidth: u64,
+    /// The last `query-migrate` of the source.
+    pub progress: Option<MigrationProgress>,
+    /// Request until the grant was endorsed, ms.
+    pub grant_ms: Option<f64>,
+    /// Request until the destination answered `Ready`, ms.
+    pub ready_ms: Option<f64>,
+    /// QEMU's downtime of the switch-over, ms.
+    pub downtime_ms: Option<u64>,
+    /// QEMU's `total-time`, ms.
+    pub qemu_total_ms: Option<u64>,
+    /// Request until the destination said the guest runs there, ms.
+    pub total_ms: Option<f64>,
+    pub elapsed_ms: f64,
+    /// After a failure: whether the guest runs on this node.
+    pub source_running: Option<bool>,
+    pub error: Option<String>,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+/// Source-side knobs of one migration.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrateOptions {
+    pub params: MigrationParams,
+    pub timeout: Duration,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        Self {
+            params: MigrationParams { downtime_limit_ms: DEFAULT_DOWNTIME_MS, max_bandwidth: DEFAULT_MAX_BANDWIDTH },
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct Abort<T>(JoinHandle<T>);
+
+impl<T> Drop for Abort<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The migration service of a node: both sides.
+pub struct Migrations {
+    me: NodeId,
+    tcb: Arc<TcbClient>,
+    mesh: Mesh,
+    vms: Arc<VmPlane>,
+    status: Mutex<BTreeMap<String, MigrationStatus>>,
+}
+
+impl std::fmt::Debug for Migrations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migrations").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// How the source's stream part ended.
+enum SourceEnd {
+    Completed { progress: MigrationProgress },
+}
+
+impl Migrations {
+    pub fn new(me: NodeId, tcb: Arc<TcbClient>, mesh: Mesh, vms: Arc<VmPlane>) -> Arc<Self> {
+        Arc::new(Self { me, tcb, mesh, vms, status: Mutex::default() })
+    }
+
+    /// Starts the destination service on [`MIGRATE_PORT`].
+    pub async fn spawn(self: &Arc<Self>) -> Result<(), String> {
+        let mut listener = self.mesh.listen(MIGRATE_PORT).await.map_err(|e| e.to_string())?;
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Ok(stream) = listener.accept().await {
+                let this = Arc::clone(&this);
+                tokio::spawn(async move { this.serve(stream).await });
+            }
+        });
+        Ok(())
+    }
+
+    /// The status of the latest migration of `name` from this node.
+    pub fn status(&self, name: &str) -> Option<MigrationStatus> {
+        let mut s = lock(&self.status).get(name).cloned()?;
+        if let Some(t0) = s.started
+            && !matches!(s.phase, Phase::Completed | Phase::Failed)
+        {
+            s.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+        }
+        Some(s)
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut MigrationStatus)) {
+        if let Some(s) = lock(&self.status).get_mut(name) {
+            f(s);
+            if let Some(t0) = s.started {
+                s.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+            }
+        }
+    }
+
+    /// Starts migrating `name` to `to`; returns at once (see [`Migrations::status`]).
+    pub async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        to: NodeId,
+        opts: MigrateOptions,
+    ) -> Result<MigrationStatus, MigrationError> {
+        if to == self.me {
+            return Err(MigrationError::Refused(format!("{name} already runs on this node ({to})")));
+        }
+        let state = self.vms.manager.state(name).await.map_err(|e| vm_err(name)(e.to_string()))?;
+        if state.label() != "running" {
+            return Err(vm_err(name)(format!("is {}, only a running VM migrates", state.label())));
+        }
+        let status = MigrationStatus {
+            vm: name.into(),
+            to: to.to_string(),
+            phase: Phase::Granting,
+            downtime_limit_ms: opts.params.downtime_limit_ms,
+            max_bandwidth: opts.params.max_bandwidth,
+            progress: None,
+            grant_ms: None,
+            ready_ms: None,
+            downtime_ms: None,
+            qemu_total_ms: None,
+            total_ms: None,
+            elapsed_ms: 0.0,
+            source_running: None,
+            error: None,
+            started: Some(Instant::now()),
+        };
+        {
+            let mut all = lock(&self.status);
+            if let Some(s) = all.get(name)
+                && !matches!(s.phase, Phase::Completed | Phase::Failed)
+            {
+                return Err(vm_err(name)(format!("is already migrating to {}", s.to)));
+            }
+            all.insert(name.into(), status.clone());
+        }
+        let this = Arc::clone(self);
+        let name = name.to_owned();
+        tokio::spawn(async move { this.run_source(name, to, opts).await });
+        Ok(status)
+    }
+
+    async fn run_source(self: Arc<Self>, name: String, to: NodeId, opts: MigrateOptions) {
+        let t0 = Instant::now();
+        self.vms_event(format!("migrating {name} to {to} (downtime limit {} ms)", opts.params.downtime_limit_ms));
+        match self.source(&name, to, opts, t0).await {
+            Ok(SourceEnd::Completed { progress }) => {
+                let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+                // The guest runs on the destination: quit the paused copy here, remove it, end
+                // its leases (the lenders are told; the destination borrows for itself).
+                let destroyed = self.vms.destroy(&name).await;
+                self.vms_event(format!(
+                    "{name} migrated to {to}: downtime {:?} ms, total {total_ms:.0} ms; source copy: {destroyed:?}",
+                    progress.downtime_ms
+                ));
+                self.update(&name, |s| {
+                    s.phase = Phase::Completed;
+                    s.downtime_ms = progress.downtime_ms;
+                    s.qemu_total_ms = progress.total_time_ms;
+                    s.total_ms = Some(total_ms);
+                    s.error = destroyed.err().map(|e| format!("removing the source copy: {e}"));
+                    s.progress = Some(progress);
+                });
+            }
+            Err((e, started)) => {
+                let running = if started { self.recover(&name).await } else { self.is_running(&name).await };
+                self.vms_event(format!("migrating {name} to {to} failed: {e}; guest running here: {running}"));
+                self.update(&name, |s| {
+                    s.phase = Phase::Failed;
+                    s.error = Some(e.to_string());
+                    s.source_running = Some(running);
+                });
+            }
+        }
+    }
+
+    fn vms_event(&self, what: String) {
+        eprintln!("ppn-node: {what}");
+    }
+
+    async fn is_running(&self, name: &str) -> bool {
+        matches!(self.vms.manager.state(name).await, Ok(s) if s.label() == "running")
+    }
+
+    /// After a failed migration: cancel it, wait until QEMU says it ended, and make sure the
+    /// guest runs here. Returns whether it does.
+    async fn recover(&self, name: &str) -> bool {
+        let Ok(c) = self.vms.manager.qmp(name).await else { return false };
+        let _ = c.execute(qapi::qmp::migrate_cancel {}).await;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            match c.execute_value(qapi::qmp::query_migrate {}).await {
+                Ok(v) => {
+                    let p = MigrationProgress::from_value(&v);
+                    if p.is_finished() || p.status == "none" {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match c.query_status().await {
+            Ok(s) if s.status == qapi::qmp::RunState::running => return true,
+            Ok(_) => {
+                let _ = c.execute(qapi::qmp::cont {}).await;
+            }
+            Err(_) => return false,
+        }
+        matches!(c.query_status().await, Ok(s) if s.status == qapi::qmp::RunState::running)
+    }
+
+    /// The source's part; the error says whether the source QEMU's migration had started.
+    async fn source(
+        &self,
+        name: &str,
+        to: NodeId,
+        opts: MigrateOptions,
+        t0: Instant,
+    ) -> Result<SourceEnd, (MigrationError, bool)> {
+        let before = |e: MigrationError| (e, false);
+        let spec = self.vms.manager.spec(name).map_err(|e| before(vm_err(name)(e.to_string())))?;
+        let spec_json = serde_json::to_string(&spec).map_err(|e| before(vm_err(name)(e.to_string())))?;
+        let expires = now_unix_s() + GRANT_SECS;
+        let grant = self
+            .tcb
+            .issue_grant(to, ResourceType::Vm, vm_id(self.me, name), expires)
+            .await
+            .map_err(|e| before(e.into()))?;
+        let endorsement = self.tcb.endorse(&grant.token).await.map_err(|e| before(e.into()))?;
+        let request = MigrateMsg::request(&grant.token, endorsement.0, spec_json).map_err(|e| before(e.into()))?;
+        self.update(name, |s| {
+            s.grant_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+            s.phase = Phase::Connecting;
+        });
+
+        let stream_err = |what: String| MigrationError::Stream { to, what };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.mesh.connect(ip_of(to), MIGRATE_PORT))
+            .await
+            .map_err(|_| before(stream_err(format!("no connection in {CONNECT_TIMEOUT:?}"))))?
+            .map_err(|e| before(stream_err(e.to_string())))?;
+        let (mut mr, mut mw): (ReadHalf<MeshStream>, WriteHalf<MeshStream>) = tokio::io::split(stream);
+        mw.write_all(&request.encode()).await.map_err(|e| before(stream_err(e.to_string())))?;
+        let answer = tokio::time::timeout(READY_TIMEOUT, read_msg(&mut mr))
+            .await
+            .map_err(|_| before(stream_err(format!("no answer in {READY_TIMEOUT:?}"))))?
+            .map_err(|e| before(stream_err(e.to_string())))?
+            .map_err(|e| before(e.into()))?;
+        match answer {
+            MigrateMsg::Ready => {}
+            MigrateMsg::Refused { reason } => {
+                return Err(before(MigrationError::Refused(format!("{to} refused the migration: {reason}"))));
+            }
+            other => return Err(before(stream_err(format!("answered the request with {other:?}")))),
+        }
+        self.update(name, |s| {
+            s.ready_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+            s.phase = Phase::Migrating;
+        });
+
+        // From here on a failure cancels the source's migration.
+        let after = |e: MigrationError| (e, true);
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| before(e.into()))?;
+        let port = listener.local_addr().map_err(|e| before(e.into()))?.port();
+        let m = &self.vms.manager;
+        m.set_migration_params(name, opts.params).await.map_err(|e| before(vm_err(name)(e.to_string())))?;
+        m.migrate_start(name, &format!("tcp:127.0.0.1:{port}"))
+            .await
+            .map_err(|e| after(vm_err(name)(e.to_string())))?;
+        let (qemu, _) = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept())
+            .await
+            .map_err(|_| {
+                after(MigrationError::Timeout {
+                    name: name.into(),
+                    what: "source QEMU did not connect",
+                    after: ACCEPT_TIMEOUT,
+                })
+            })?
+            .map_err(|e| after(e.into()))?;
+        drop(listener);
+        let _ = qemu.set_nodelay(true);
+        // QEMU's stream into the mesh; then the mesh stream's writing side is closed, which
+        // tells the destination the stream is complete. The destination sends nothing back to
+        // QEMU (no return path), but the write half stays open until the copy ends.
+        let (pump_tx, mut pump_rx) = tokio::sync::oneshot::channel();
+        let _pump = Abort(tokio::spawn(async move {
+            let (mut qr, qw) = qemu.into_split();
+            let n = tokio::io::copy(&mut qr, &mut mw).await;
+            let _ = mw.shutdown().await;
+            drop(qw);
+            let _ = pump_tx.send(n);
+        }));
+        let mut done = Abort(tokio::spawn(async move { read_msg(&mut mr).await }));
+
+        let c = m.qmp(name).await.map_err(|e| after(vm_err(name)(e.to_string())))?;
+        let t_mig = Instant::now();
+        let progress = loop {
+            let v =
+                c.execute_value(qapi::qmp::query_migrate {}).await.map_err(|e| after(vm_err(name)(e.to_string())))?;
+            let p = MigrationProgress::from_value(&v);
+            self.update(name, |s| s.progress = Some(p.clone()));
+            match p.status.as_str() {
+                "completed" => break p,
+                "failed" | "cancelled" => {
+                    let why = p.error.clone().unwrap_or_else(|| "no error given".into());
+                    return Err(after(vm_err(name)(format!("QEMU's migration {}: {why}", p.status))));
+                }
+                _ => {}
+            }
+            if let Ok(Err(e)) = pump_rx.try_recv() {
+                return Err(after(stream_err(format!("copying QEMU's stream into the mesh: {e}"))));
+            }
+            if done.0.is_finished() {
+                // The destination answered before the source completed: it failed.
+                return Err(after(stream_err("the destination ended the migration before the switch-over".into())));
+            }
+            if t_mig.elapsed() > opts.timeout {
+                return Err(after(MigrationError::Timeout {
+                    name: name.into(),
+                    what: "migration not complete",
+                    after: opts.timeout,
+                }));
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        drop(c);
+        self.update(name, |s| s.phase = Phase::Switching);
+        let answer = tokio::time::timeout(DONE_TIMEOUT, &mut done.0).await;
+        match answer {
+            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: true, .. })))) => Ok(SourceEnd::Completed { progress }),
+            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: false, detail })))) => {
+                Err(after(MigrationError::Refused(format!("{to} could not run the guest: {detail}"))))
+            }
+            other => Err(after(stream_err(format!("no Done from the destination after the switch-over: {other:?}")))),
+        }
+    }
+
+    /// One incoming migration (destination side).
+    async fn serve(&self, stream: MeshStream) {
+        let Some(peer) = node_of(stream.peer_addr().ip()) else { return };
+        let (mut mr, mut mw) = tokio::io::split(stream);
+        let request = match tokio::time::timeout(READY_TIMEOUT, read_msg(&mut mr)).await {
+            Ok(Ok(Ok(m))) => m,
+            Ok(Ok(Err(e))) => {
+                let _ = mw.write_all(&MigrateMsg::Refused { reason: e.to_string() }.encode()).await;
+                return;
+            }
+            _ => return,
+        };
+        let (name, port) = match self.accept(peer, request).await {
+            Ok(x) => x,
+            Err(reason) => {
+                self.vms_event(format!("refused a migration from {peer}: {reason}"));
+                let _ = mw.write_all(&MigrateMsg::Refused { reason }.encode()).await;
+                return;
+            }
+        };
+        let outcome = self.receive(&name, port, &mut mr, &mut mw).await;
+        match outcome {
+            Ok(()) => {
+                self.vms_event(format!("{name} arrived from {peer} and runs here"));
+                let _ = mw.write_all(&MigrateMsg::Done { running: true, detail: "running".into() }.encode()).await;
+                let _ = mw.shutdown().await;
+                self.cover_leases(&name).await;
+            }
+            Err(detail) => {
+                self.vms_event(format!("incoming migration of {name} from {peer} failed: {detail}"));
+                let _ = mw.write_all(&MigrateMsg::Done { running: false, detail: detail.clone() }.encode()).await;
+                let _ = mw.shutdown().await;
+                let _ = self.vms.destroy(&name).await;
+            }
+        }
+    }
+
+    /// Checks a request and prepares the destination QEMU; returns the VM's name and the
+    /// loopback port its QEMU listens on.
+    async fn accept(&self, peer: NodeId, request: MigrateMsg) -> Result<(String, u16), String> {
+        let MigrateMsg::Request { token, endorsement, spec } = request else {
+            return Err(format!("{request:?} is not a request"));
+        };
+        let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
+        let verdict = self
+            .tcb
+            .verify_endorsed(&token, &ppn_wire::ByteArray(endorsement))
+            .await
+            .map_err(|e| format!("TCB: {e}"))?;
+        check_grant(verdict, token_claims(&token), self.me, peer, &spec.name)?;
+        spec.validate().map_err(|e| format!("VM spec: {e}"))?;
+        if !spec.extra_args.is_empty() {
+            return Err("a migrating VM carries no extra QEMU arguments".into());
+        }
+        for (what, p) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+            if !p.is_file() {
+                return Err(format!("the {what} {} is not here", p.display()));
+            }
+        }
+        let name = spec.name.clone();
+        let m = &self.vms.manager;
+        if m.paths(&name).map_err(|e| e.to_string())?.dir.exists() {
+            return Err(format!("a VM named {name} exists here"));
+        }
+        self.vms.create(&spec)?;
+        let prepared = async {
+            m.start_incoming(&name).await.map_err(|e| e.to_string())?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("a loopback port: {e}"))?
+                .port();
+            m.migrate_incoming(&name, &format!("tcp:127.0.0.1:{port}")).await.map_err(|e| e.to_string())?;
+            Ok::<u16, String>(port)
+        };
+        match prepared.await {
+            Ok(port) => Ok((name, port)),
+            Err(e) => {
+                let _ = self.vms.destroy(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Answers `Ready`, copies the stream into the destination QEMU, and waits until it runs
+    /// the guest.
+    async fn receive(
+        &self,
+        name: &str,
+        port: u16,
+        mr: &mut ReadHalf<MeshStream>,
+        mw: &mut WriteHalf<MeshStream>,
+    ) -> Result<(), String> {
+        let t0 = Instant::now();
+        let qemu = loop {
+            match TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() > Duration::from_secs(5) => return Err(format!("destination QEMU's port: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let _ = qemu.set_nodelay(true);
+        mw.write_all(&MigrateMsg::Ready.encode()).await.map_err(|e| format!("answering Ready: {e}"))?;
+        let (_qr, mut qw) = qemu.into_split();
+        let copied = tokio::io::copy(mr, &mut qw).await;
+        let _ = qw.shutdown().await;
+        let n = copied.map_err(|e| format!("copying the stream into the destination QEMU: {e}"))?;
+        // The source closed its side: the stream is whole if QEMU loads it and runs.
+        let t1 = Instant::now();
+        loop {
+            match self.vms.manager.state(name).await {
+                Ok(s) => match s.label().as_str() {
+                    "running" => break,
+                    "paused" => {
+                        if let Ok(c) = self.vms.manager.qmp(name).await {
+                            let _ = c.execute(qapi::qmp::cont {}).await;
+                        }
+                    }
+                    "dead" | "stopped" => {
+                        return Err(format!("destination QEMU exited after {n} bytes: {}", self.qemu_log_tail(name)));
+                    }
+                    _ => {}
+                },
+                Err(e) => return Err(e.to_string()),
+            }
+            if t1.elapsed() > DONE_TIMEOUT {
+                return Err(format!("destination QEMU not running {DONE_TIMEOUT:?} after the stream ended"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.vms.watch_agent(name);
+        Ok(())
+    }
+
+    fn qemu_log_tail(&self, name: &str) -> String {
+        let Ok(p) = self.vms.manager.paths(name) else { return String::new() };
+        let log = std::fs::read_to_string(p.qemu_log()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" / ")
+    }
+
+    /// The memory the VM arrived with plugged is borrowed here from a peer; if none lends it,
+    /// it is unplugged (plugged memory on a node is always what its lease book says).
+    async fn cover_leases(&self, name: &str) {
+        let plugged = match self.vms.manager.memory(name).await {
+            Ok(m) => m.plugged_mib,
+            Err(e) => {
+                self.vms_event(format!("{name}: reading its plugged memory: {e}"));
+                return;
+            }
+        };
+        if plugged == 0 {
+            return;
+        }
+        if let Err(e) = self.vms.cover_plugged(name, plugged).await {
+            self.vms_event(format!("{name} arrived with {plugged} MiB plugged and no lease for it ({e}): unplugging"));
+            if let Err(e) = self.vms.manager.resize_vmem_and_wait(name, 0, Duration::from_secs(60)).await {
+                self.vms_event(format!("{name}: unplugging: {e}"));
+            }
+        }
+    }
+}
+
+/// The control ops `vm-migrate`, `vm-migrate-status` and `vm-agent` (see `crate::control`).
+pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let name = req["name"].as_str().ok_or("want \"name\": a VM name")?;
+    let status = match op {
+        "vm-migrate" => {
+            let to = req["to"]
+                .as_str()
+                .and_then(crate::hints::parse_node_id)
+                .ok_or("vm-migrate: want \"to\": the destination node, 16 hex digits")?;
+            let mut opts = MigrateOptions::default();
+            if let Some(d) = req["downtime_ms"].as_u64() {
+                opts.params.downtime_limit_ms = d;
+            }
+            if let Some(b) = req["max_bandwidth"].as_u64() {
+                opts.params.max_bandwidth = b;
+            }
+            if let Some(t) = req["timeout_s"].as_u64() {
+                opts.timeout = Duration::from_secs(t);
+            }
+            node.migrations.start(name, to, opts).await.map_err(|e| e.to_string())?
+        }
+        "vm-agent" => {
+            // The latest guest agent report of a VM here, with when it arrived (wall clock):
+            // cheap (no QMP), for following a guest across a migration.
+            let view = node.vms.agent(name).ok_or_else(|| format!("no guest agent report of {name} here"))?;
+            let age = view.at.map(|t| t.elapsed()).unwrap_or_default();
+            let at = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+            let at_unix_us = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+            return Ok(serde_json::json!({ "ok": true, "agent": { "counter": view.counter,
+                "mem_total_kib": view.mem_total_kib, "at_unix_us": at_unix_us } }));
+        }
+        _ => node.migrations.status(name).ok_or_else(|| format!("no migration of {name} from this node"))?,
+    };
+    Ok(serde_json::json!({ "ok": true, "migration": status }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> NodeId {
+        NodeId(ppn_wire::ByteArray([b; 8]))
+    }
+
+    fn claims(t: ResourceType, issuer: NodeId, grantee: NodeId, rid: u64) -> Option<TokenClaims> {
+        Some(TokenClaims { resource_type: t, issuer, grantee, resource_id: rid, expires_unix_s: 1 })
+    }
+
+    #[test]
+    fn vm_ids_bind_source_and_name() {
+        assert_eq!(vm_id(id(1), "demo"), vm_id(id(1), "demo"));
+        assert_ne!(vm_id(id(1), "demo"), vm_id(id(2), "demo"));
+        assert_ne!(vm_id(id(1), "demo"), vm_id(id(1), "demo2"));
+    }
+
+    #[test]
+    fn the_destination_checks_every_claim() {
+        let (me, src, other) = (id(1), id(2), id(3));
+        let rid = vm_id(src, "vm");
+        assert_eq!(check_grant(Verdict::Valid, claims(ResourceType::Vm, src, me, rid), me, src, "vm"), Ok(()));
+        for (verdict, c, what) in [
+            (Verdict::GranteeRevoked, claims(ResourceType::Vm, src, me, rid), "GranteeRevoked"),
+            (Verdict::BadEndorsement, claims(ResourceType::Vm, src, me, rid), "BadEndorsement"),
+            (Verdict::Valid, None, "layout"),
+            (Verdict::Valid, claims(ResourceType::Memory, src, me, rid), "Memory"),
+            (Verdict::Valid, claims(ResourceType::Vm, other, me, rid), "issued by"),
+            (Verdict::Valid, claims(ResourceType::Vm, src, other, rid), "grantee"),
+            (Verdict::Valid, claims(ResourceType::Vm, src, me, vm_id(src, "other")), "VM id"),
+        ] {
+            let e = check_grant(verdict, c, me, src, "vm").unwrap_err();
+            assert!(e.contains(what), "{e} (want {what})");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `ppn bench migrate --mem 512 --json`: a live migration through the fabric (grant from the
+//! source's TCB checked by the destination's, QEMU's stream through the userspace WireGuard
+//! mesh between two `ppn-node`s) next to a plain QEMU-to-QEMU migration on loopback of the same
+//! kind of guest, in the same run.
+//!
+//! - `downtime_ms`: QEMU's downtime of the fabric migration (downtime limit 30 ms).
+//! - `total_ms`: the fabric migration from the `vm-migrate` request until the destination's
+//!   proxy said the guest runs there (grant, destination QEMU start, stream, switch-over).
+//! - `raw_total_ms`: the plain migration from starting the destination QEMU (`-incoming
+//!   defer`) until it runs the guest: the same steps without the grant and the tunnel.
+
+use crate::print_json;
+use crate::vm::On;
+use ppn_guest_agent::image::{self, ImageOptions};
+use ppn_node::fleet::{self, UpOptions};
+use ppn_vm::agent::AgentStream;
+use ppn_vm::migrate::MigrationParams;
+use ppn_vm::{VmManager, VmSpec};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Size of the (unplugged) virtio-mem region of both guests, MiB.
+const VMEM_MAX_MIB: u64 = 256;
+/// How long a guest may take to boot to its first agent report (TCG, a loaded machine).
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+/// How long one migration may take.
+const MIGRATE_LIMIT: Duration = Duration::from_secs(120);
+/// The downtime limit of both migrations, ms.
+pub const DOWNTIME_LIMIT_MS: u64 = 30;
+
+#[derive(Debug, Clone)]
+pub struct MigrateOpts {
+    pub mem: u64,
+    pub data_dir: PathBuf,
+}
+
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn migrate(opts: &MigrateOpts, json_out: bool) -> Result<ExitCode, String> {
+    let img =
+        image::ensure(&opts.data_dir.join("ppn-guest"), &ImageOptions { agent: None, force: false, verbose: false })
+            .map_err(|e| format!("guest image: {e}"))?;
+    let abs = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let spec = VmSpec::new("bench", opts.mem, VMEM_MAX_MIB, abs(&img.kernel)?, abs(&img.initrd)?, img.cmdline.clone());
+    spec.validate().map_err(|e| format!("--mem {}: {e}", opts.mem))?;
+    let tmp = tempfile::Builder::new().prefix("ppn-bench-migrate.").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let dir = tmp.path().join("fleet");
+    let up = UpOptions {
+        nodes: 2,
+        tcb_bin: crate::fleet::sibling("ppn-tcb")?,
+        node_bin: crate::fleet::sibling("ppn-node")?,
+        loss: 0.0,
+        settle: Duration::from_secs(60),
+        lend_mib: 0,
+    };
+    let raw_dir = tmp.path().join("raw-vms");
+    let result = std::thread::scope(|s| {
+        s.spawn(|| -> Result<serde_json::Value, String> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("async runtime: {e}"))?;
+            rt.block_on(measure(&dir, &up, &raw_dir, &spec))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the bench thread panicked".into()))
+    });
+    let stopped = if dir.join(fleet::FLEET_JSON).exists() { fleet::down(&dir, result.is_ok()) } else { Ok(0) };
+    let value = match (result, stopped) {
+        (Ok(v), Ok(_)) => v,
+        (Ok(_), Err(e)) => return Err(format!("stopping the fleet in {}: {e}", tmp.keep().display())),
+        (Err(e), _) => return Err(format!("{e} (logs kept in {})", tmp.keep().display())),
+    };
+    if json_out {
+        println!("{value}");
+    } else {
+        print_json(&value)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Raw VMs are destroyed on every path.
+struct RawVms<'a>(&'a VmManager);
+
+impl Drop for RawVms<'_> {
+    fn drop(&mut self) {
+        let m = self.0;
+        let dir = m.state_dir().to_path_buf();
+        // A runtime is running on this thread; destroy from a helper thread with its own.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+                    && let Ok(m) = VmManager::open(&dir)
+                {
+                    rt.block_on(async {
+                        for n in ["raw-src", "raw-dst"] {
+                            let _ = m.destroy(n).await;
+                        }
+                    });
+                }
+            });
+        });
+    }
+}
+
+async fn first_report(agent: &Path) -> Result<u64, String> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(mut s) = AgentStream::connect(agent, Duration::from_secs(2)).await
+            && let Ok(r) = s.next_report(BOOT_LIMIT).await
+        {
+            return Ok(r.report.counter);
+        }
+        if t0.elapsed() > BOOT_LIMIT {
+            return Err(format!("no guest agent report on {} in {BOOT_LIMIT:?}", agent.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn measure(dir: &Path, up: &UpOptions, raw_dir: &Path, spec: &VmSpec) -> Result<serde_json::Value, String> {
+    let f = fleet::up(dir, up, |_| {}).await?;
+    let on = |i: usize| On { node: f.nodes[i].control.display().to_string(), fleet_dir: dir.to_path_buf() };
+    let (src, dst) = (on(1), on(0));
+
+    // The fabric's guest on node 1, the raw pair beside it; both boot at once.
+    src.call(json!({ "op": "vm-create", "spec": spec }))?;
+    src.call(json!({ "op": "vm-start", "name": spec.name }))?;
+    let m = VmManager::open(raw_dir).map_err(|e| e.to_string())?;
+    let _raw = RawVms(&m);
+    for n in ["raw-src", "raw-dst"] {
+        let mut s = spec.clone();
+        s.name = n.into();
+        m.create(&s).map_err(|e| e.to_string())?;
+    }
+    m.start("raw-src").await.map_err(|e| e.to_string())?;
+    first_report(&m.paths("raw-src").map_err(|e| e.to_string())?.agent()).await?;
+    let t0 = Instant::now();
+    loop {
+        let v = src.call(json!({ "op": "vm-list" }))?;
+        if v["vms"][0]["agent"]["counter"].as_u64().is_some() {
+            break;
+        }
+        if t0.elapsed() > BOOT_LIMIT {
+            return Err(format!("the fabric's guest sent no agent report in {BOOT_LIMIT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Raw: destination QEMU started, listening, source migrates straight to it on loopback.
+    let params = MigrationParams {
+        downtime_limit_ms: DOWNTIME_LIMIT_MS,
+        max_bandwidth: ppn_node::migration::DEFAULT_MAX_BANDWIDTH,
+    };
+    m.set_migration_params("raw-src", params).await.map_err(|e| e.to_string())?;
+    let t_raw = Instant::now();
+    m.start_incoming("raw-dst").await.map_err(|e| e.to_string())?;
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    m.migrate_incoming("raw-dst", &uri).await.map_err(|e| e.to_string())?;
+    m.migrate_start("raw-src", &uri).await.map_err(|e| e.to_string())?;
+    let raw = m
+        .wait_migration("raw-src", MIGRATE_LIMIT, Duration::from_millis(25), |_| {})
+        .await
+        .map_err(|e| format!("raw migration: {e}"))?;
+    loop {
+        if m.state("raw-dst").await.is_ok_and(|s| s.label() == "running") {
+            break;
+        }
+        if t_raw.elapsed() > MIGRATE_LIMIT {
+            return Err("the raw destination never ran".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let raw_total_ms = t_raw.elapsed().as_secs_f64() * 1e3;
+
+    // The fabric: node 1 to node 0 through the mesh.
+    let req = json!({ "op": "vm-migrate", "name": spec.name, "to": f.nodes[0].node_id,
+        "downtime_ms": DOWNTIME_LIMIT_MS });
+    let st = crate::vm::migrate(&src, req, false)?;
+    let listed = dst.call(json!({ "op": "vm-list" }))?;
+    let running_at_dst = listed["vms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["name"] == spec.name.as_str() && v["state"] == "running");
+    if !running_at_dst {
+        return Err(format!("after the migration node 0 lists {listed}"));
+    }
+    let total_ms = st["total_ms"].as_f64().unwrap_or(f64::NAN);
+    Ok(json!({
+        "downtime_ms": st["downtime_ms"],
+        "total_ms": r1(total_ms),
+        "raw_total_ms": r1(raw_total_ms),
+        "ratio": r1(total_ms / raw_total_ms * 100.0) / 100.0,
+        "raw_downtime_ms": raw.downtime_ms,
+        "qemu_total_ms": st["qemu_total_ms"],
+        "raw_qemu_total_ms": raw.total_time_ms,
+        "grant_ms": st["grant_ms"],
+        "ready_ms": st["ready_ms"],
+        "transferred_mib": st["progress"]["transferred_bytes"].as_u64().unwrap_or(0) >> 20,
+        "raw_transferred_mib": raw.transferred_bytes >> 20,
+        "mem_mib": spec.base_mib,
+        "downtime_limit_ms": DOWNTIME_LIMIT_MS,
+        "accel": m.accel().as_str(),
+    }))
+}
