@@ -223,6 +223,8 @@ fn lending_between_the_sel4_image_and_a_hosted_tcb() {
     }
     let text = console(&log);
     assert!(text.contains("lender: ready: 16 blocks of 2 MiB, 16 free, 0 lent; journal created"), "{text}");
+    let port = text.lines().find(|l| l.starts_with("lender: ledger port connected")).expect("the port connected");
+    eprintln!("{port}");
     // After the power cut the lease (2 blocks) came back from the lender's own disk.
     assert!(text.contains("lender: ready: 16 blocks of 2 MiB, 14 free, 2 lent; journal replayed"), "{text}");
 }

@@ -23,7 +23,7 @@ use ppn_layout::{buffer, ledger_port, lender as lay, lender_disk};
 use ppn_lender::BlockRange;
 use ppn_microkit_support::{PortBuffer, RequestBuffer, timer};
 use ppn_tcb_core::remote::{PortTransport, RemoteLedger};
-use ppn_tcb_core::{LenderService, Scrub};
+use ppn_tcb_core::{LedgerPort, LenderService, Scrub};
 use ppn_wire::{ErrorCode, Header, MAX_FRAME_LEN, Request, Response};
 use sel4_microkit::{Channel, ChannelSet, Handler, Infallible, MessageInfo, debug_println, protection_domain};
 
@@ -146,6 +146,17 @@ impl LenderPd {
             // ledger_port::BUFFER_SIZE bytes (ppn-layout, checked against the SDF).
             let buffer = unsafe { PortBuffer::new(lay::LEDGER_BUFFER_VADDR) };
             let remote = RemoteLedger::connect(PortCall { buffer }).map_err(|e| format!("ledger port: {e}"))?;
+            // Once, for the operator: what one port call (a PPC to ledger and back) costs.
+            let (start, calls) = (timer::ticks(), 100u64);
+            for _ in 0..calls {
+                remote.now_unix_s().map_err(|e| format!("ledger port: {e}"))?;
+            }
+            let ns = (timer::ticks() - start) as u128 * 1_000_000_000 / u128::from(timer::frequency().max(1));
+            debug_println!(
+                "lender: ledger port connected: node {}; {} ns per call",
+                remote.node_id(),
+                ns / u128::from(calls)
+            );
             self.ledger = Some(remote);
         }
         self.ledger.as_mut().ok_or_else(|| String::from("ledger port: not connected"))

@@ -46,6 +46,10 @@ static mut DEFRAMER: Deframer = Deframer::new();
 type Console = VirtIOConsole<ConsoleHal, MmioTransport<'static>>;
 
 #[protection_domain(heap_size = 0x40000)]
+#[allow(
+    clippy::deref_addrof,
+    reason = "`&mut DEFRAMER` would be a reference to a static mut (denied); going through a raw pointer is the way"
+)]
 fn init() -> Link {
     // SAFETY: Microkit patched the symbol before the PD started; nothing writes it afterwards.
     CONSOLE_DMA.init(unsafe { core::ptr::read_volatile(&raw const ppn_console_dma_paddr) });
