@@ -98,6 +98,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Growing a VM through the fabric (lease, TCB check, virtio-mem plug) next to a bare QMP
+    /// plug of the same kind of guest: request until the guest's MemTotal shows it, medians.
+    /// Starts a 2-node fleet and a bare QEMU in a temporary directory, stops them at the end.
+    Plug {
+        /// MiB plugged each round (a multiple of 2).
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Rounds (plug, then unplug again), fabric and bare taking turns.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Data directory of the guest image cache (DIR/ppn-guest).
+        #[arg(long, env = "PPN_DATA_DIR", default_value = "target")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// A live migration through the fabric (grant, mesh tunnel) next to a plain QEMU-to-QEMU
     /// migration on loopback of the same kind of guest: downtime and totals (docs/migration.md).
     /// Starts a 2-node fleet and bare QEMUs in a temporary directory, stops them at the end.
@@ -120,6 +136,9 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Tunnel { mib, json } => return tunnel(mib, json),
         Command::Migrate { mem, data_dir, json } => {
             return crate::bench_migrate::migrate(&crate::bench_migrate::MigrateOpts { mem, data_dir }, json);
+        }
+        Command::Plug { mib, rounds, data_dir, json } => {
+            return crate::bench_plug::plug(&crate::bench_plug::PlugOpts { mib, rounds, data_dir }, json);
         }
         Command::Tokens { revocations, batches, iters, biscuit_iters, json } => {
             if batches == 0 || iters == 0 || biscuit_iters == 0 {

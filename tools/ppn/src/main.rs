@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod bench_migrate;
+mod bench_plug;
 mod fleet;
 mod grant;
 mod guest;
