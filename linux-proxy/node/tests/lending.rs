@@ -58,12 +58,14 @@ fn borrowed(n: &FleetNode) -> Vec<Value> {
 }
 
 fn grow(n: &FleetNode, mib: u64, from: &str, lease_secs: u64) -> Value {
-    call(n, json!({ "op": "vm-grow", "name": "g", "mib": mib, "from": from, "lease_secs": lease_secs }))["grown"].clone()
+    call(n, json!({ "op": "vm-grow", "name": "g", "mib": mib, "from": from, "lease_secs": lease_secs }))["grown"]
+        .clone()
 }
 
 /// The grant sequence in a token (bytes 36..44, docs/ledger.md §2), from its hex.
 fn sequence(token_hex: &str) -> u64 {
-    let b: Vec<u8> = (0..token_hex.len()).step_by(2).map(|i| u8::from_str_radix(&token_hex[i..i + 2], 16).unwrap()).collect();
+    let b: Vec<u8> =
+        (0..token_hex.len()).step_by(2).map(|i| u8::from_str_radix(&token_hex[i..i + 2], 16).unwrap()).collect();
     u64::from_le_bytes(b[36..44].try_into().unwrap())
 }
 
@@ -101,7 +103,8 @@ async fn memory_is_lent_plugged_and_returned_on_release_expiry_and_revocation() 
         });
         call(&borrower, json!({ "op": "vm-create", "spec": spec }));
         call(&borrower, json!({ "op": "vm-start", "name": "g" }));
-        let (base, boot) = until("the guest's first agent report", Duration::from_secs(180), || mem_total_kib(&borrower));
+        let (base, boot) =
+            until("the guest's first agent report", Duration::from_secs(180), || mem_total_kib(&borrower));
         eprintln!("guest up after {boot:?}: MemTotal {base} KiB");
         assert_eq!(pool(&lender)["total"], 512);
 
