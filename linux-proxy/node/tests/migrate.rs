@@ -49,7 +49,7 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         for n in &self.fleet.nodes {
-            let pidfile = n.dir.join("vms").join(VM).join("qemu.pid");
+            let pidfile = n.dir.join("node").join("vms").join(VM).join("qemu.pid");
             if let Ok(pid) = std::fs::read_to_string(&pidfile) {
                 let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
             }
@@ -70,6 +70,11 @@ async fn start() -> Running {
     };
     let f = fleet::up(&dir.path().join("fleet"), &opts, |l| eprintln!("{l}")).await.unwrap_or_else(|e| panic!("{e}"));
     Running { fleet: f, _dir: dir }
+}
+
+/// The VM's directory on node `i` (`ppn-node --dir` is the node's `node/`).
+fn vm_dir(f: &Fleet, i: usize) -> PathBuf {
+    f.nodes[i].dir.join("node").join(ppn_node::vms::VM_DIR).join(VM)
 }
 
 fn call(f: &Fleet, i: usize, req: Value) -> Value {
@@ -186,7 +191,7 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     // Runs on node 0 with its memory, gone from node 1; the borrowed memory moved with it.
     assert_eq!(state(f, 0).as_deref(), Some("running"));
     assert_eq!(state(f, 1), None);
-    assert!(!f.nodes[1].dir.join("vms").join(VM).exists());
+    assert!(!vm_dir(f, 1).exists());
     let t2 = Instant::now();
     loop {
         let l0 = call(f, 0, json!({ "op": "lease-list" }));
@@ -210,18 +215,18 @@ async fn a_destination_killed_mid_migration_leaves_the_vm_running_on_the_source(
     let f = &run.fleet;
     boot(f, 1, &img);
 
-    // Throttled to 4 MB/s so that the stream takes a few seconds.
+    // Throttled to 16 MB/s so that the stream (about 90 MB for this guest) takes a few seconds.
     call(
         f,
         1,
-        json!({ "op": "vm-migrate", "name": VM, "to": f.nodes[0].node_id, "downtime_ms": 30, "max_bandwidth": 4_000_000 }),
+        json!({ "op": "vm-migrate", "name": VM, "to": f.nodes[0].node_id, "downtime_ms": 30, "max_bandwidth": 16_000_000 }),
     );
-    let pidfile = f.nodes[0].dir.join("vms").join(VM).join("qemu.pid");
+    let pidfile = vm_dir(f, 0).join("qemu.pid");
     let t0 = Instant::now();
     loop {
         let m = migration(f, 1);
         let sent = m["progress"]["transferred_bytes"].as_u64().unwrap_or(0);
-        if m["phase"] == "migrating" && sent > 1 << 20 && pidfile.exists() {
+        if m["phase"] == "migrating" && sent > 8 << 20 && pidfile.exists() {
             break;
         }
         assert!(m["phase"] != "completed" && m["phase"] != "failed", "ended before the kill: {m}");
@@ -258,7 +263,7 @@ async fn a_destination_killed_mid_migration_leaves_the_vm_running_on_the_source(
     }
     // The destination cleaned up.
     let t3 = Instant::now();
-    while state(f, 0).is_some() || f.nodes[0].dir.join("vms").join(VM).exists() {
+    while state(f, 0).is_some() || vm_dir(f, 0).exists() {
         assert!(t3.elapsed() < Duration::from_secs(10), "node 0 kept the dead destination: {:?}", state(f, 0));
         std::thread::sleep(Duration::from_millis(50));
     }
