@@ -13,6 +13,7 @@
 //! | `{"op":"vm-agent","name":N}` | `{"ok":true,"agent":{"counter","mem_total_kib","at_unix_us"}}` (latest report, no QMP) |
 //! | `{"op":"lease-list"}` | `{"ok":true,"leases":{...}}` |
 //! | `{"op":"lease-release","lease_id":L}` | `{"ok":true,"released":"..."}` |
+//! | `{"op":"node-balloon"[,"budget_mib":N\|null][,"weight":{"vm":N,"memory":W}]}` | `{"ok":true,"balloon":{...}}` ([`crate::balloon::BalloonStatus`]) |
 //!
 //! Anything else gets `{"ok":false,"error":"..."}`; a line over 4 KiB closes the connection.
 //! The socket is for the operator's tools on this machine; it grants nothing the TCB would not.
@@ -90,6 +91,10 @@ async fn handle(node: &Node, line: &str) -> serde_json::Value {
         }
         Some(op) if op.starts_with("vm-") || op.starts_with("lease-") => match vm_op(node, op, &req).await {
             Ok(v) => v,
+            Err(e) => fail(e),
+        },
+        Some("node-balloon") => match node.balloon.request(&req).await {
+            Ok(s) => serde_json::json!({ "ok": true, "balloon": s }),
             Err(e) => fail(e),
         },
         Some(other) => fail(format!("unknown op {other:?}")),

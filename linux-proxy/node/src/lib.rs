@@ -10,6 +10,7 @@
 //! with a mesh key: a revocation that reaches this node's TCB removes the revoked node's peer, and
 //! its handshakes are refused from then on. `docs/node.md` has the design.
 
+pub mod balloon;
 pub mod control;
 pub mod fleet;
 pub mod hints;

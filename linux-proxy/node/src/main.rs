@@ -35,6 +35,10 @@ struct Args {
     /// Anti-entropy period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     anti_entropy_ms: u64,
+    /// Guest memory this node grants its VMs in total (MiB); the balloon controller keeps the
+    /// targets within it. Default: the sum of the VMs' ceilings (no overcommit).
+    #[arg(long)]
+    balloon_budget_mib: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ async fn run(args: Args) -> Result<(), String> {
         peer_sync: Duration::from_millis(500),
     };
     let node = Arc::new(Node::start(cfg).await.map_err(|e| e.to_string())?);
+    node.balloon.set_budget(args.balloon_budget_mib);
     for p in &args.peers {
         let (id, addr) = p.split_once('=').ok_or_else(|| format!("--peer {p}: want NODEID=HOST:PORT"))?;
         let id = parse_node_id(id).ok_or_else(|| format!("--peer {p}: the node id is not 16 hex digits"))?;

@@ -128,6 +128,8 @@ pub struct Node {
     pub gossip: Arc<Gossip<MeshTransport>>,
     /// VMs, borrowed leases, the lease service.
     pub vms: Arc<crate::vms::VmPlane>,
+    /// The balloon controller (control op `node-balloon`).
+    pub balloon: Arc<crate::balloon::Balloon>,
     /// Live migrations, both sides (mesh port 7004).
     pub migrations: Arc<crate::migration::Migrations>,
     tcb: Arc<TcbClient>,
@@ -191,6 +193,7 @@ impl Node {
             me,
             mesh,
             gossip,
+            balloon: crate::balloon::Balloon::spawn(Arc::clone(&vms)),
             vms,
             migrations,
             tcb,

@@ -309,32 +309,33 @@ pub fn plan(cfg: &PolicyConfig, budget_mib: Option<u64>, vms: &[VmInput]) -> Res
                 "floor".into()
             };
         }
-        // Hysteresis: hold a VM whose change would be smaller than the step.
-        let mut held = Vec::new();
-        for &i in &active {
-            let (cur, t) = (work[i].current, plans[i].target_mib);
-            if cur != t && cur.abs_diff(t) < cfg.min_step_mib && cur >= work[i].floor && cur <= vms[i].ceiling_mib {
-                held.push((i, t));
-                plans[i].reason = format!("held (ideal {t} MiB is < {} MiB away)", cfg.min_step_mib);
-                plans[i].target_mib = cur;
-            }
+    }
+    // Hysteresis: hold a VM whose change would be smaller than the step.
+    let mut held = Vec::new();
+    for &i in &active {
+        let (cur, t) = (work[i].current, plans[i].target_mib);
+        if cur != t && cur.abs_diff(t) < cfg.min_step_mib && cur >= work[i].floor && cur <= vms[i].ceiling_mib {
+            held.push((i, t));
+            plans[i].reason = format!("held (ideal {t} MiB is < {} MiB away)", cfg.min_step_mib);
+            plans[i].target_mib = cur;
         }
-        // A held decrease gives way if the budget needs it: largest excess first, then the
-        // lowest weight, then the name.
-        held.retain(|&(i, t)| work[i].current > t);
-        held.sort_by(|a, b| {
-            let ex = |&(i, t): &(usize, u64)| work[i].current - t;
-            ex(b).cmp(&ex(a)).then(vms[a.0].weight.cmp(&vms[b.0].weight)).then(vms[a.0].name.cmp(&vms[b.0].name))
-        });
-        let mut sum: u64 = plans.iter().map(|p| p.target_mib).sum();
-        for (i, t) in held {
-            if sum <= budget {
-                break;
-            }
-            sum -= work[i].current - t;
-            plans[i].target_mib = t;
-            plans[i].reason = "step below the minimum, made for the budget".into();
+    }
+    // A held decrease gives way if the budget needs it (when the floors fit): largest excess
+    // first, then the lowest weight, then the name. When they do not fit, a hold above the
+    // floor stays and adds to the reported overcommit.
+    held.retain(|&(i, t)| sum_floors <= budget && work[i].current > t);
+    held.sort_by(|a, b| {
+        let ex = |&(i, t): &(usize, u64)| work[i].current - t;
+        ex(b).cmp(&ex(a)).then(vms[a.0].weight.cmp(&vms[b.0].weight)).then(vms[a.0].name.cmp(&vms[b.0].name))
+    });
+    let mut sum: u64 = plans.iter().map(|p| p.target_mib).sum();
+    for (i, t) in held {
+        if sum <= budget {
+            break;
         }
+        sum -= work[i].current - t;
+        plans[i].target_mib = t;
+        plans[i].reason = "step below the minimum, made for the budget".into();
     }
     for (p, w) in plans.iter_mut().zip(&work) {
         if w.pinned {
@@ -443,6 +444,18 @@ mod tests {
     }
 
     #[test]
+    fn a_floor_that_wobbles_below_the_target_moves_nothing_when_floors_win() {
+        // Measured while a balloon moves, `used` can be a little off: a floor 2 MiB lower.
+        let mut vms = [vm("a", 100, 512, 512, 120, 20), vm("b", 100, 512, 512, 120, 20)];
+        vms[0].target_mib = Some(206);
+        vms[1].target_mib = Some(204);
+        let p = plan(&PolicyConfig::default(), Some(300), &vms).unwrap();
+        assert_eq!((target(&p, "a"), target(&p, "b")), (206, 204));
+        assert!(p.vms.iter().all(|v| !v.changed));
+        assert_eq!(p.overcommit_mib, 110);
+    }
+
+    #[test]
     fn small_changes_are_held_unless_the_budget_needs_them() {
         let mut vms = [vm("a", 100, 512, 512, 120, 20), vm("b", 100, 512, 512, 120, 20)];
         vms[0].target_mib = Some(356);
@@ -535,8 +548,9 @@ mod tests {
             } else {
                 prop_assert_eq!(p.overcommit_mib, p.sum_targets_mib - budget);
             }
-            // The budget is used up to within rounding, unless everyone is at the ceiling or held.
-            let all_full = p.vms.iter().all(|v| v.target_mib + GRANULE_MIB > v.ceiling_mib
+            // The budget is used up to rounding and held steps, unless everyone is (near) the
+            // ceiling or unobserved.
+            let all_full = p.vms.iter().all(|v| v.target_mib + GRANULE_MIB + PolicyConfig::default().min_step_mib > v.ceiling_mib
                 || v.pressure == Pressure::Unobserved);
             if p.sum_floors_mib <= budget && !all_full {
                 let slack = budget - p.sum_targets_mib;

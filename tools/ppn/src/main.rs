@@ -13,6 +13,7 @@ mod grant;
 mod guest;
 mod image;
 mod ledger;
+mod node_cmd;
 mod pair;
 mod sdf;
 mod tcb;
@@ -81,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: vm::LeaseCommand,
     },
+    /// One node's own controllers: the balloon controller.
+    Node {
+        #[command(subcommand)]
+        command: node_cmd::Command,
+    },
 }
 
 /// Where the TCB is, and how to print: every command takes these.
@@ -140,6 +146,7 @@ fn main() -> ExitCode {
             Command::Guest { command } => guest::run(command),
             Command::Vm { command } => vm::run(command),
             Command::Lease { command } => vm::run_lease(command),
+            Command::Node { command } => node_cmd::run(command),
         }
     });
     match result {
