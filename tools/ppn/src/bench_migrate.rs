@@ -198,7 +198,7 @@ async fn measure(dir: &Path, up: &UpOptions, raw_dir: &Path, spec: &VmSpec) -> R
         "downtime_ms": st["downtime_ms"],
         "total_ms": r1(total_ms),
         "raw_total_ms": r1(raw_total_ms),
-        "ratio": r1(total_ms / raw_total_ms * 100.0) / 100.0,
+        "ratio": (total_ms / raw_total_ms * 100.0).round() / 100.0,
         "raw_downtime_ms": raw.downtime_ms,
         "qemu_total_ms": st["qemu_total_ms"],
         "raw_qemu_total_ms": raw.total_time_ms,
