@@ -173,6 +173,8 @@ pub struct MigrationStatus {
 pub struct MigrateOptions {
     pub params: MigrationParams,
     pub timeout: Duration,
+    /// Migrate a VM with virtio-mem memory plugged (refused by default, see docs/migration.md).
+    pub allow_plugged: bool,
 }
 
 impl Default for MigrateOptions {
@@ -180,6 +182,7 @@ impl Default for MigrateOptions {
         Self {
             params: MigrationParams { downtime_limit_ms: DEFAULT_DOWNTIME_MS, max_bandwidth: DEFAULT_MAX_BANDWIDTH },
             timeout: DEFAULT_TIMEOUT,
+            allow_plugged: false,
         }
     }
 }
@@ -283,6 +286,14 @@ impl Migrations {
         let state = self.vms.manager.state(name).await.map_err(|e| vm_err(name)(e.to_string()))?;
         if state.label() != "running" {
             return Err(vm_err(name)(format!("is {}, only a running VM migrates", state.label())));
+        }
+        let plugged = self.vms.manager.memory(name).await.map(|m| m.plugged_mib).unwrap_or(0);
+        if plugged > 0 && !opts.allow_plugged {
+            return Err(MigrationError::Refused(format!(
+                "{name} has {plugged} MiB plugged with virtio-mem: guests migrated so crashed on the \
+                 destination with QEMU 7.2 (docs/migration.md); give it back first, or allow it with \
+                 \"allow_plugged\": true"
+            )));
         }
         let status = MigrationStatus {
             vm: name.into(),
@@ -691,6 +702,7 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
             if let Some(b) = req["max_bandwidth"].as_u64() {
                 opts.params.max_bandwidth = b;
             }
+            opts.allow_plugged = req["allow_plugged"] == true;
             if let Some(t) = req["timeout_s"].as_u64() {
                 opts.timeout = Duration::from_secs(t);
             }
