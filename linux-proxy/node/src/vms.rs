@@ -372,6 +372,58 @@ impl VmPlane {
             .map_err(|_| format!("lease service of {lender}: no answer in {LEASE_TIMEOUT:?}"))?
     }
 
+    /// Asks `lender` for a lease of `mib` MiB for `vm` until `expires_unix_s`, and has this
+    /// node's TCB check it: the endorsement `Valid`, the claims Memory, issuer `lender`, grantee
+    /// this node, the lease id and the expiry asked. A lease that does not check is released at
+    /// the lender. Returns the book record, and the ms from `t0` to the grant and of the check.
+    async fn borrow(
+        &self,
+        lender: NodeId,
+        vm: &str,
+        mib: u64,
+        expires_unix_s: u64,
+        t0: Instant,
+    ) -> Result<(BorrowedLease, f64, f64), String> {
+        let blocks = u32::try_from(mib / 2).map_err(|_| format!("{mib} MiB is too much to lend at once"))?;
+        let (lease_id, token, endorsement) =
+            match self.ask(lender, &LeaseMsg::Request { blocks, expires_unix_s }).await? {
+                LeaseMsg::Granted { lease_id, token, endorsement } => (lease_id, token, endorsement),
+                LeaseMsg::Refused { reason } => return Err(format!("{lender} refused the lease: {reason}")),
+                other => return Err(format!("{lender} answered a lease request with {other:?}")),
+            };
+        let lease_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let verdict = self.tcb.verify_endorsed(&token, &ppn_wire::ByteArray(endorsement)).await;
+        let verify_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let record = BorrowedLease {
+            lease_id,
+            lender: lender.to_string(),
+            vm: vm.to_owned(),
+            mib,
+            expires_unix_s,
+            token: hex(&token),
+            endorsement: hex(&endorsement),
+            plugged: true,
+        };
+        let claims = token_claims(&token);
+        let want = TokenClaims {
+            resource_type: ResourceType::Memory,
+            issuer: lender,
+            grantee: self.me,
+            resource_id: lease_id,
+            expires_unix_s,
+        };
+        match verdict {
+            Ok(Verdict::Valid) if claims == Some(want) => Ok((record, lease_ms, verify_ms)),
+            verdict => {
+                self.release_at_lender(&record).await;
+                Err(format!(
+                    "the lease from {lender} does not check: TCB verdict {verdict:?}, claims {claims:?} (want {want:?})"
+                ))
+            }
+        }
+    }
+
     /// Grows `vm` by `mib` MiB of memory lent by `from` (or the best-fit lender).
     pub async fn grow(&self, vm: &str, mib: u64, from: Option<NodeId>, lease_secs: u64) -> Result<Grown, String> {
         let t0 = Instant::now();
@@ -395,41 +447,8 @@ impl VmPlane {
             None => self.choose_lender(blocks)?,
         };
         let expires = now_unix_s() + lease_secs.clamp(10, MAX_LEASE_SECS);
-        let (lease_id, token, endorsement) =
-            match self.ask(lender, &LeaseMsg::Request { blocks, expires_unix_s: expires }).await? {
-                LeaseMsg::Granted { lease_id, token, endorsement } => (lease_id, token, endorsement),
-                LeaseMsg::Refused { reason } => return Err(format!("{lender} refused the lease: {reason}")),
-                other => return Err(format!("{lender} answered a lease request with {other:?}")),
-            };
-        let lease_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let sig = ppn_wire::ByteArray(endorsement);
-        let verdict = self.tcb.verify_endorsed(&token, &sig).await.map_err(|e| format!("TCB: {e}"))?;
-        let verify_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let record = BorrowedLease {
-            lease_id,
-            lender: lender.to_string(),
-            vm: vm.to_owned(),
-            mib,
-            expires_unix_s: expires,
-            token: hex(&token),
-            endorsement: hex(&endorsement),
-            plugged: true,
-        };
-        let claims = token_claims(&token);
-        let want = TokenClaims {
-            resource_type: ResourceType::Memory,
-            issuer: lender,
-            grantee: self.me,
-            resource_id: lease_id,
-            expires_unix_s: expires,
-        };
-        if verdict != Verdict::Valid || claims != Some(want) {
-            self.release_at_lender(&record).await;
-            return Err(format!(
-                "the lease from {lender} does not check: TCB verdict {verdict:?}, claims {claims:?} (want {want:?})"
-            ));
-        }
+        let (record, lease_ms, verify_ms) = self.borrow(lender, vm, mib, expires, t0).await?;
+        let lease_id = record.lease_id;
         // Recorded before the plug: a crash after the plug must not forget the lease.
         book.push(record.clone());
         self.save(&book)?;
@@ -438,7 +457,7 @@ impl VmPlane {
         let plug_ms = match plug {
             Ok(d) => d.as_secs_f64() * 1e3,
             Err(e) => {
-                book.retain(|l| l.lease_id != lease_id || l.lender != record.lender);
+                book.retain(|l| !same(l, &record));
                 self.save(&book)?;
                 let _ = self.manager.resize_vmem(vm, plugged).await;
                 self.release_at_lender(&record).await;
@@ -603,34 +622,8 @@ impl VmPlane {
     pub(crate) async fn cover_plugged(&self, vm: &str, mib: u64) -> Result<u64, String> {
         let blocks = u32::try_from(mib / 2).map_err(|_| format!("{mib} MiB is too much to lend at once"))?;
         let lender = self.choose_lender(blocks)?;
-        let expires = now_unix_s() + DEFAULT_LEASE_SECS;
-        let (lease_id, token, endorsement) =
-            match self.ask(lender, &LeaseMsg::Request { blocks, expires_unix_s: expires }).await? {
-                LeaseMsg::Granted { lease_id, token, endorsement } => (lease_id, token, endorsement),
-                other => return Err(format!("{lender} answered a lease request with {other:?}")),
-            };
-        let record = BorrowedLease {
-            lease_id,
-            lender: lender.to_string(),
-            vm: vm.to_owned(),
-            mib,
-            expires_unix_s: expires,
-            token: hex(&token),
-            endorsement: hex(&endorsement),
-            plugged: true,
-        };
-        let verdict = self.tcb.verify_endorsed(&token, &ppn_wire::ByteArray(endorsement)).await;
-        let want = TokenClaims {
-            resource_type: ResourceType::Memory,
-            issuer: lender,
-            grantee: self.me,
-            resource_id: lease_id,
-            expires_unix_s: expires,
-        };
-        if !matches!(verdict, Ok(Verdict::Valid)) || token_claims(&token) != Some(want) {
-            self.release_at_lender(&record).await;
-            return Err(format!("the lease from {lender} does not check: {verdict:?}"));
-        }
+        let (record, _, _) = self.borrow(lender, vm, mib, now_unix_s() + DEFAULT_LEASE_SECS, Instant::now()).await?;
+        let lease_id = record.lease_id;
         let mut book = self.book.lock().await;
         book.push(record);
         self.save(&book)?;
