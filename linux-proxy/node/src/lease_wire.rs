@@ -24,16 +24,20 @@
 //! length, a reason that is not UTF-8: each is its own [`LeaseWireError`]. Nothing is read past
 //! the length the header gives.
 
+pub use crate::proxy_frame::HEADER_LEN;
+use crate::proxy_frame::{FrameError, Framing, cut};
+
 /// The mesh port of the lease service.
 pub const LEASE_PORT: u16 = 7003;
 /// `PPNL`.
 pub const MAGIC: [u8; 4] = *b"PPNL";
 pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 8;
 /// The largest body ([`LeaseMsg::Granted`] with a 64-byte token is 137).
 pub const MAX_BODY: usize = 256;
 /// The longest token ([`ppn_wire::service::TOKEN_MAX`]).
 pub const TOKEN_MAX: usize = 64;
+
+const FRAMING: Framing = Framing { magic: MAGIC, version: VERSION, max_body: MAX_BODY };
 
 /// A lease protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +74,18 @@ pub enum LeaseWireError {
     Utf8,
 }
 
+impl From<FrameError> for LeaseWireError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Short(n) => Self::Short(n),
+            FrameError::Magic(m) => Self::Magic(m),
+            FrameError::Version(v) => Self::Version(v),
+            FrameError::TooLong(n) => Self::TooLong(n),
+            FrameError::Length { said, got } => Self::Length { said, got },
+        }
+    }
+}
+
 impl LeaseMsg {
     fn kind(&self) -> u8 {
         match self {
@@ -97,55 +113,19 @@ impl LeaseMsg {
                 body.extend_from_slice(token);
                 body.extend_from_slice(endorsement);
             }
-            LeaseMsg::Refused { reason } => {
-                let mut end = reason.len().min(MAX_BODY);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                body.extend_from_slice(&reason.as_bytes()[..end]);
-            }
+            LeaseMsg::Refused { reason } => body.extend_from_slice(cut(reason, MAX_BODY).as_bytes()),
             LeaseMsg::Release { lease_id } => body.extend_from_slice(&lease_id.to_le_bytes()),
             LeaseMsg::Released { blocks, scrubbed } => {
                 body.extend_from_slice(&blocks.to_le_bytes());
                 body.push(u8::from(*scrubbed));
             }
         }
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(self.kind());
-        out.extend_from_slice(&(body.len() as u16).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
-    }
-
-    /// Checks a header; returns the body length that follows it.
-    pub fn body_len(header: &[u8]) -> Result<usize, LeaseWireError> {
-        if header.len() < HEADER_LEN {
-            return Err(LeaseWireError::Short(header.len()));
-        }
-        let magic: [u8; 4] = header[..4].try_into().expect("4 bytes");
-        if magic != MAGIC {
-            return Err(LeaseWireError::Magic(magic));
-        }
-        if header[4] != VERSION {
-            return Err(LeaseWireError::Version(header[4]));
-        }
-        let n = u16::from_le_bytes([header[6], header[7]]) as usize;
-        if n > MAX_BODY {
-            return Err(LeaseWireError::TooLong(n));
-        }
-        Ok(n)
+        FRAMING.encode(self.kind(), &body)
     }
 
     /// Decodes exactly one message: `bytes` is its header and whole body, nothing more.
     pub fn decode(bytes: &[u8]) -> Result<LeaseMsg, LeaseWireError> {
-        let n = Self::body_len(bytes)?;
-        let body = &bytes[HEADER_LEN..];
-        if body.len() != n {
-            return Err(LeaseWireError::Length { said: n, got: body.len() });
-        }
-        let kind = bytes[5];
+        let (kind, body) = FRAMING.split(bytes)?;
         let want = |len: usize| {
             if body.len() == len { Ok(()) } else { Err(LeaseWireError::Body { kind, len: body.len(), want: len }) }
         };
@@ -189,16 +169,10 @@ impl LeaseMsg {
 
 /// Reads one message from a stream: the header, checked, then exactly its body.
 pub async fn read_msg<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Result<LeaseMsg, LeaseWireError>> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; HEADER_LEN];
-    r.read_exact(&mut buf).await?;
-    let n = match LeaseMsg::body_len(&buf) {
-        Ok(n) => n,
-        Err(e) => return Ok(Err(e)),
-    };
-    buf.resize(HEADER_LEN + n, 0);
-    r.read_exact(&mut buf[HEADER_LEN..]).await?;
-    Ok(LeaseMsg::decode(&buf))
+    Ok(match FRAMING.read(r).await? {
+        Ok(bytes) => LeaseMsg::decode(&bytes),
+        Err(e) => Err(e.into()),
+    })
 }
 
 /// Fuzzing hook: decoding never panics, and what decodes re-encodes to the same bytes.

@@ -18,6 +18,7 @@ pub mod lease_wire;
 pub mod migrate_wire;
 pub mod migration;
 pub mod node;
+pub mod proxy_frame;
 pub mod transport;
 pub mod vms;
 

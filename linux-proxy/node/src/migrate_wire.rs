@@ -28,12 +28,13 @@
 //! length, a spec or a reason that is not UTF-8, an empty or oversized spec: each is its own
 //! [`MigrateWireError`]. Nothing is read past the length the header gives.
 
+pub use crate::proxy_frame::HEADER_LEN;
+use crate::proxy_frame::{FrameError, Framing, cut};
 pub use crate::transport::MIGRATE_PORT;
 
 /// `PPNM`.
 pub const MAGIC: [u8; 4] = *b"PPNM";
 pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 8;
 /// The longest spec JSON.
 pub const MAX_SPEC: usize = 4096;
 /// The longest token ([`ppn_wire::service::TOKEN_MAX`]).
@@ -42,6 +43,8 @@ pub const TOKEN_MAX: usize = 64;
 pub const MAX_BODY: usize = 1 + TOKEN_MAX + 64 + MAX_SPEC;
 /// The longest reason or detail.
 pub const MAX_TEXT: usize = 256;
+
+const FRAMING: Framing = Framing { magic: MAGIC, version: VERSION, max_body: MAX_BODY };
 
 /// A migration protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,13 +84,16 @@ pub enum MigrateWireError {
     Utf8(&'static str),
 }
 
-/// `s` cut to at most `max` bytes at a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
+impl From<FrameError> for MigrateWireError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Short(n) => Self::Short(n),
+            FrameError::Magic(m) => Self::Magic(m),
+            FrameError::Version(v) => Self::Version(v),
+            FrameError::TooLong(n) => Self::TooLong(n),
+            FrameError::Length { said, got } => Self::Length { said, got },
+        }
     }
-    &s[..end]
 }
 
 impl MigrateMsg {
@@ -120,13 +126,7 @@ impl MigrateMsg {
                 body.extend_from_slice(cut(detail, MAX_TEXT).as_bytes());
             }
         }
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(self.kind());
-        out.extend_from_slice(&(body.len() as u16).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        FRAMING.encode(self.kind(), &body)
     }
 
     /// A request, refused here when the spec does not fit rather than cut.
@@ -140,33 +140,9 @@ impl MigrateMsg {
         Ok(MigrateMsg::Request { token: token.to_vec(), endorsement, spec })
     }
 
-    /// Checks a header; returns the body length that follows it.
-    pub fn body_len(header: &[u8]) -> Result<usize, MigrateWireError> {
-        if header.len() < HEADER_LEN {
-            return Err(MigrateWireError::Short(header.len()));
-        }
-        let magic: [u8; 4] = header[..4].try_into().expect("4 bytes");
-        if magic != MAGIC {
-            return Err(MigrateWireError::Magic(magic));
-        }
-        if header[4] != VERSION {
-            return Err(MigrateWireError::Version(header[4]));
-        }
-        let n = u16::from_le_bytes([header[6], header[7]]) as usize;
-        if n > MAX_BODY {
-            return Err(MigrateWireError::TooLong(n));
-        }
-        Ok(n)
-    }
-
     /// Decodes exactly one message: `bytes` is its header and whole body, nothing more.
     pub fn decode(bytes: &[u8]) -> Result<MigrateMsg, MigrateWireError> {
-        let n = Self::body_len(bytes)?;
-        let body = &bytes[HEADER_LEN..];
-        if body.len() != n {
-            return Err(MigrateWireError::Length { said: n, got: body.len() });
-        }
-        let kind = bytes[5];
+        let (kind, body) = FRAMING.split(bytes)?;
         let text = |b: &[u8], what: &'static str| -> Result<String, MigrateWireError> {
             if b.len() > MAX_TEXT {
                 return Err(MigrateWireError::Text(b.len()));
@@ -222,16 +198,10 @@ impl MigrateMsg {
 pub async fn read_msg<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
 ) -> std::io::Result<Result<MigrateMsg, MigrateWireError>> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; HEADER_LEN];
-    r.read_exact(&mut buf).await?;
-    let n = match MigrateMsg::body_len(&buf) {
-        Ok(n) => n,
-        Err(e) => return Ok(Err(e)),
-    };
-    buf.resize(HEADER_LEN + n, 0);
-    r.read_exact(&mut buf[HEADER_LEN..]).await?;
-    Ok(MigrateMsg::decode(&buf))
+    Ok(match FRAMING.read(r).await? {
+        Ok(bytes) => MigrateMsg::decode(&bytes),
+        Err(e) => Err(e.into()),
+    })
 }
 
 /// Fuzzing hook: decoding never panics, and what decodes re-encodes to the same bytes.
