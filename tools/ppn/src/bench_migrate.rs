@@ -9,9 +9,7 @@
 //! - `raw_total_ms`: the plain migration from starting the destination QEMU (`-incoming
 //!   defer`) until it runs the guest: the same steps without the grant and the tunnel.
 
-use crate::print_json;
 use crate::vm::On;
-use ppn_guest_agent::image::{self, ImageOptions};
 use ppn_node::fleet::{self, UpOptions};
 use ppn_vm::agent::AgentStream;
 use ppn_vm::migrate::MigrationParams;
@@ -41,47 +39,11 @@ fn r1(x: f64) -> f64 {
 }
 
 pub fn migrate(opts: &MigrateOpts, json_out: bool) -> Result<ExitCode, String> {
-    let img =
-        image::ensure(&opts.data_dir.join("ppn-guest"), &ImageOptions { agent: None, force: false, verbose: false })
-            .map_err(|e| format!("guest image: {e}"))?;
-    let abs = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
-    let spec = VmSpec::new("bench", opts.mem, VMEM_MAX_MIB, abs(&img.kernel)?, abs(&img.initrd)?, img.cmdline.clone());
+    let spec = crate::bench_vm::guest_spec(&opts.data_dir, "bench", opts.mem, VMEM_MAX_MIB)?;
     spec.validate().map_err(|e| format!("--mem {}: {e}", opts.mem))?;
-    let tmp = tempfile::Builder::new().prefix("ppn-bench-migrate.").tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let dir = tmp.path().join("fleet");
-    let up = UpOptions {
-        nodes: 2,
-        tcb_bin: crate::fleet::sibling("ppn-tcb")?,
-        node_bin: crate::fleet::sibling("ppn-node")?,
-        loss: 0.0,
-        settle: Duration::from_secs(60),
-        lend_mib: 0,
-    };
-    let raw_dir = tmp.path().join("raw-vms");
-    let result = std::thread::scope(|s| {
-        s.spawn(|| -> Result<serde_json::Value, String> {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| format!("async runtime: {e}"))?;
-            rt.block_on(measure(&dir, &up, &raw_dir, &spec))
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the bench thread panicked".into()))
-    });
-    let stopped = if dir.join(fleet::FLEET_JSON).exists() { fleet::down(&dir, result.is_ok()) } else { Ok(0) };
-    let value = match (result, stopped) {
-        (Ok(v), Ok(_)) => v,
-        (Ok(_), Err(e)) => return Err(format!("stopping the fleet in {}: {e}", tmp.keep().display())),
-        (Err(e), _) => return Err(format!("{e} (logs kept in {})", tmp.keep().display())),
-    };
-    if json_out {
-        println!("{value}");
-    } else {
-        print_json(&value)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::bench_vm::in_fleet("ppn-bench-migrate.", 0, 2, json_out, |dir, up, raw_dir| async move {
+        measure(&dir, &up, &raw_dir, &spec).await
+    })
 }
 
 /// Raw VMs are destroyed on every path.

@@ -6,8 +6,6 @@
 //! the memory. Each round plugs and then unplugs again, the fabric's VM and the bare VM taking
 //! turns; the medians are reported with their ratio.
 
-use crate::print_json;
-use ppn_guest_agent::image::{self, ImageOptions};
 use ppn_node::fleet::{self, UpOptions};
 use ppn_vm::agent::AgentStream;
 use ppn_vm::{VmManager, VmSpec};
@@ -44,46 +42,11 @@ pub fn plug(opts: &PlugOpts, json_out: bool) -> Result<ExitCode, String> {
     if opts.mib == 0 || !opts.mib.is_multiple_of(2) || opts.rounds == 0 {
         return Err("--mib must be a positive even number of MiB and --rounds at least 1".into());
     }
-    let img =
-        image::ensure(&opts.data_dir.join("ppn-guest"), &ImageOptions { agent: None, force: false, verbose: false })
-            .map_err(|e| format!("guest image: {e}"))?;
-    let abs = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
-    let spec = VmSpec::new("bench", BASE_MIB, opts.mib, abs(&img.kernel)?, abs(&img.initrd)?, img.cmdline.clone());
-    let tmp = tempfile::Builder::new().prefix("ppn-bench-plug.").tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let dir = tmp.path().join("fleet");
-    let up = UpOptions {
-        nodes: 2,
-        tcb_bin: crate::fleet::sibling("ppn-tcb")?,
-        node_bin: crate::fleet::sibling("ppn-node")?,
-        loss: 0.0,
-        settle: Duration::from_secs(60),
-        lend_mib: u32::try_from(opts.mib).map_err(|_| "--mib is too large")?,
-    };
-    let raw_dir = tmp.path().join("raw-vms");
-    let result = std::thread::scope(|s| {
-        s.spawn(|| -> Result<serde_json::Value, String> {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .map_err(|e| format!("async runtime: {e}"))?;
-            rt.block_on(measure(&dir, &up, &raw_dir, &spec, opts))
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the bench thread panicked".into()))
-    });
-    let stopped = if dir.join(fleet::FLEET_JSON).exists() { fleet::down(&dir, result.is_ok()) } else { Ok(0) };
-    let value = match (result, stopped) {
-        (Ok(v), Ok(_)) => v,
-        (Ok(_), Err(e)) => return Err(format!("stopping the fleet in {}: {e}", tmp.keep().display())),
-        (Err(e), _) => return Err(format!("{e} (logs kept in {})", tmp.keep().display())),
-    };
-    if json_out {
-        println!("{value}");
-    } else {
-        print_json(&value)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let spec = crate::bench_vm::guest_spec(&opts.data_dir, "bench", BASE_MIB, opts.mib)?;
+    let lend_mib = u32::try_from(opts.mib).map_err(|_| "--mib is too large")?;
+    crate::bench_vm::in_fleet("ppn-bench-plug.", lend_mib, 1, json_out, |dir, up, raw_dir| async move {
+        measure(&dir, &up, &raw_dir, &spec, opts).await
+    })
 }
 
 /// The latest MemTotal of a guest, kept by a task reading its agent.

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod bench;
 mod bench_migrate;
 mod bench_plug;
+mod bench_vm;
 mod fleet;
 mod grant;
 mod guest;
