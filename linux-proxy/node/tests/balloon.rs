@@ -8,42 +8,16 @@
 //! below them, and that the default budget gives every VM its ceiling back.
 //! `PPN_SKIP_GUEST=1` skips it on a machine that cannot build the guest image.
 
-use ppn_conformance::locate_bin;
-use ppn_node::fleet::{self, Fleet, UpOptions};
+use ppn_node::fleet;
+
+mod common;
+use common::{guest_image, start, until};
 use ppn_vm::VmManager;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BASE_MIB: u64 = 512;
-
-/// Stops the fleet (and its nodes' QEMUs) however the test ends.
-struct Running {
-    fleet: Fleet,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = fleet::down(&self.fleet.dir, false);
-    }
-}
-
-fn guest_image() -> Option<ppn_guest_agent::image::GuestImage> {
-    if std::env::var("PPN_SKIP_GUEST").as_deref() == Ok("1") {
-        eprintln!("PPN_SKIP_GUEST=1: skipping the booted-guest balloon test");
-        return None;
-    }
-    let cache = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/ppn-guest"));
-    let options = ppn_guest_agent::image::ImageOptions { verbose: true, ..Default::default() };
-    match ppn_guest_agent::image::ensure(&cache, &options) {
-        Ok(img) => Some(img),
-        Err(e) => panic!(
-            "cannot build the guest image in {} ({e}); set PPN_SKIP_GUEST=1 to skip booted-guest tests",
-            cache.display()
-        ),
-    }
-}
 
 fn call(socket: &Path, req: Value) -> Value {
     fleet::control(socket, &req).unwrap_or_else(|e| panic!("{req}: {e}"))
@@ -61,18 +35,6 @@ fn vm<'a>(status: &'a Value, name: &str) -> &'a Value {
 
 fn u(v: &Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or_else(|| panic!("{field} in {v}"))
-}
-
-/// Polls until `done` answers `Some`, failing after `limit`.
-fn until<T>(what: &str, limit: Duration, mut done: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let t0 = Instant::now();
-    loop {
-        if let Some(x) = done() {
-            return (x, t0.elapsed());
-        }
-        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits until QEMU's balloon actual (query-balloon, our own QMP connection) is within 2 MiB
@@ -110,17 +72,7 @@ fn mem_total_follows(socket: &Path, name: &str, target: u64, reserve: u64) -> u6
 async fn the_balloon_controller_moves_memory_by_budget_and_weight() {
     let Some(img) = guest_image() else { return };
     let t_start = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = UpOptions {
-        nodes: 1,
-        tcb_bin: locate_bin("ppn-tcb"),
-        node_bin: locate_bin("ppn-node"),
-        loss: 0.0,
-        settle: Duration::from_secs(30),
-        lend_mib: 0,
-    };
-    let f = fleet::up(&dir.path().join("fleet"), &opts, |l| eprintln!("{l}")).await.unwrap_or_else(|e| panic!("{e}"));
-    let run = Running { fleet: f, _dir: dir };
+    let run = start(1, 0).await;
     let sock = run.fleet.nodes[0].control.clone();
     let m = VmManager::open(run.fleet.nodes[0].dir.join("node").join(ppn_node::vms::VM_DIR)).unwrap();
 

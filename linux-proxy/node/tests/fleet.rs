@@ -10,42 +10,14 @@
 //! - `fleet down` leaves no process running.
 
 use ppn_conformance::ledger::fresh_node_id;
-use ppn_conformance::locate_bin;
-use ppn_node::fleet::{self, Fleet, UpOptions};
+use ppn_node::fleet::{self, Fleet};
+
+mod common;
+use common::start;
 use ppn_tcb_client::blocking::Client;
 use ppn_wire::service::RevokeTarget;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-fn opts(nodes: usize) -> UpOptions {
-    UpOptions {
-        nodes,
-        tcb_bin: locate_bin("ppn-tcb"),
-        node_bin: locate_bin("ppn-node"),
-        loss: 0.0,
-        settle: Duration::from_secs(30),
-        lend_mib: 0,
-    }
-}
-
-/// Stops the fleet even when the test fails (and keeps its directory until then).
-struct Running {
-    fleet: Fleet,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = fleet::down(&self.fleet.dir, false);
-    }
-}
-
-async fn start(n: usize) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let f =
-        fleet::up(&dir.path().join("fleet"), &opts(n), |l| eprintln!("{l}")).await.unwrap_or_else(|e| panic!("{e}"));
-    Running { fleet: f, _dir: dir }
-}
 
 fn heads(f: &Fleet, i: usize) -> BTreeSet<String> {
     let s = fleet::status(&f.nodes[i]).unwrap();
@@ -67,7 +39,7 @@ fn tcb(f: &Fleet, i: usize) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paired_fleet_converges_and_a_revoked_node_is_cut_off_everywhere() {
-    let run = start(3).await;
+    let run = start(3, 0).await;
     let f = &run.fleet;
     for i in 0..3 {
         let s = fleet::status(&f.nodes[i]).unwrap();
@@ -107,7 +79,7 @@ async fn a_paired_fleet_converges_and_a_revoked_node_is_cut_off_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_with_revocations_on_both_sides_heals_to_the_same_heads() {
-    let run = start(3).await;
+    let run = start(3, 0).await;
     let f = &run.fleet;
     until("the same heads everywhere", Duration::from_secs(10), || {
         heads(f, 0) == heads(f, 1) && heads(f, 1) == heads(f, 2)

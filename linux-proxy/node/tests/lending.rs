@@ -11,38 +11,17 @@
 //! Needs QEMU and the guest image (built into target/ppn-guest on first use; network for the
 //! Debian packages). `PPN_SKIP_GUEST=1` skips it.
 
-use ppn_conformance::locate_bin;
-use ppn_node::fleet::{self, Fleet, FleetNode, UpOptions};
+use ppn_node::fleet::{self, FleetNode};
+
+mod common;
+use common::{guest_image, start, until};
 use ppn_tcb_client::blocking::Client;
 use ppn_wire::service::RevokeTarget;
 use serde_json::{Value, json};
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-struct Running {
-    fleet: Fleet,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = fleet::down(&self.fleet.dir, false);
-    }
-}
+use std::time::Duration;
 
 fn call(n: &FleetNode, req: Value) -> Value {
     fleet::control(&n.control, &req).unwrap_or_else(|e| panic!("{req}: {e}"))
-}
-
-fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return (v, start.elapsed());
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn mem_total_kib(n: &FleetNode) -> Option<u64> {
@@ -71,28 +50,8 @@ fn sequence(token_hex: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_is_lent_plugged_and_returned_on_release_expiry_and_revocation() {
-    if std::env::var_os("PPN_SKIP_GUEST").is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED: PPN_SKIP_GUEST=1 (this test boots a QEMU guest)");
-        return;
-    }
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ppn-guest");
-    let options = ppn_guest_agent::image::ImageOptions { agent: None, force: false, verbose: true };
-    let img = tokio::task::spawn_blocking(move || ppn_guest_agent::image::ensure(&cache, &options))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("the guest image could not be built (network? set PPN_SKIP_GUEST=1 to skip): {e}"));
-
-    let dir = tempfile::tempdir().unwrap();
-    let opts = UpOptions {
-        nodes: 2,
-        tcb_bin: locate_bin("ppn-tcb"),
-        node_bin: locate_bin("ppn-node"),
-        loss: 0.0,
-        settle: Duration::from_secs(30),
-        lend_mib: 1024,
-    };
-    let f = fleet::up(&dir.path().join("fleet"), &opts, |l| eprintln!("{l}")).await.unwrap_or_else(|e| panic!("{e}"));
-    let running = Running { fleet: f, _dir: dir };
+    let Some(img) = guest_image() else { return };
+    let running = start(2, 1024).await;
     let (lender, borrower) = (running.fleet.nodes[0].clone(), running.fleet.nodes[1].clone());
 
     tokio::task::spawn_blocking(move || {

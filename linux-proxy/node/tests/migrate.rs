@@ -9,8 +9,10 @@
 //!   counter keeps going, and the destination is cleaned up. A destination that has revoked the
 //!   source refuses the migration, and the VM stays on the source.
 
-use ppn_conformance::locate_bin;
-use ppn_node::fleet::{self, Fleet, UpOptions};
+use ppn_node::fleet::{self, Fleet};
+
+mod common;
+use common::{guest_image, start};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,54 +23,6 @@ const VM: &str = "mig";
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
-}
-
-fn image() -> Option<ppn_guest_agent::image::GuestImage> {
-    if std::env::var("PPN_SKIP_GUEST").as_deref() == Ok("1") {
-        eprintln!("PPN_SKIP_GUEST=1: skipping the booted-guest test");
-        return None;
-    }
-    let cache = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/ppn-guest"));
-    let options = ppn_guest_agent::image::ImageOptions { verbose: true, ..Default::default() };
-    match ppn_guest_agent::image::ensure(&cache, &options) {
-        Ok(img) => Some(img),
-        Err(e) => panic!(
-            "cannot build the guest image in {} ({e}); set PPN_SKIP_GUEST=1 to skip booted-guest tests",
-            cache.display()
-        ),
-    }
-}
-
-/// Stops the fleet and every QEMU of its nodes however the test ends.
-struct Running {
-    fleet: Fleet,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for n in &self.fleet.nodes {
-            let pidfile = n.dir.join("node").join("vms").join(VM).join("qemu.pid");
-            if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-                let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
-            }
-        }
-        let _ = fleet::down(&self.fleet.dir, false);
-    }
-}
-
-async fn start() -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = UpOptions {
-        nodes: 2,
-        tcb_bin: locate_bin("ppn-tcb"),
-        node_bin: locate_bin("ppn-node"),
-        loss: 0.0,
-        settle: Duration::from_secs(30),
-        lend_mib: 256,
-    };
-    let f = fleet::up(&dir.path().join("fleet"), &opts, |l| eprintln!("{l}")).await.unwrap_or_else(|e| panic!("{e}"));
-    Running { fleet: f, _dir: dir }
 }
 
 /// The VM's directory on node `i` (`ppn-node --dir` is the node's `node/`).
@@ -116,8 +70,8 @@ fn migration(f: &Fleet, i: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     let _serial = serial().await;
-    let Some(img) = image() else { return };
-    let run = start().await;
+    let Some(img) = guest_image() else { return };
+    let run = start(2, 256).await;
     let f = &run.fleet;
     boot(f, 1, &img);
     // With borrowed memory plugged the migration is refused (with QEMU 7.2 a guest migrated with
@@ -198,8 +152,8 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_killed_mid_migration_leaves_the_vm_running_on_the_source() {
     let _serial = serial().await;
-    let Some(img) = image() else { return };
-    let run = start().await;
+    let Some(img) = guest_image() else { return };
+    let run = start(2, 256).await;
     let f = &run.fleet;
     boot(f, 1, &img);
 
