@@ -1,78 +1,25 @@
-//! The ledger's disk: `virtio-drivers`' virtio-blk driver on the disk's virtio-mmio transport,
-//! its virtqueue and sector buffers in the ledger's own DMA region (`ledger_blk_dma`), as a
-//! [`BlockDevice`] for the journals (`ppn_journal::block`). Requests are polled: a journal
-//! write returns only once the device has completed it, and `flush` once it is durable.
+//! The ledger's own disk: the shared virtio-blk driver (`ppn_microkit_support::disk`) over the
+//! ledger's transport and its own DMA region (`ledger_blk_dma`).
 
-use core::ptr::NonNull;
-use ppn_journal::block::BlockDevice;
-use ppn_layout::{ledger as lay, qemu_virt};
+use ppn_layout::ledger as lay;
 use ppn_microkit_support::{DmaPool, dma_hal};
-use virtio_drivers::device::blk::VirtIOBlk;
-use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+
+pub use ppn_microkit_support::disk::DiskError;
 
 static BLK_DMA: DmaPool = DmaPool::new(lay::BLK_DMA_VADDR, lay::BLK_DMA_SIZE);
 dma_hal!(BlkHal, BLK_DMA);
 
-/// The virtio-blk disk.
-pub struct Disk {
-    blk: VirtIOBlk<BlkHal, MmioTransport<'static>>,
-}
+/// The ledger's virtio-blk disk.
+pub type Disk = ppn_microkit_support::disk::Disk<BlkHal>;
 
-impl core::fmt::Debug for Disk {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Disk").field("sectors", &self.blk.capacity()).finish()
-    }
-}
-
-/// Why the disk could not be brought up.
-#[derive(Debug)]
-pub enum DiskError {
-    #[allow(dead_code, reason = "printed through Debug")]
-    NoDevice(virtio_drivers::transport::mmio::MmioError),
-    #[allow(dead_code, reason = "printed through Debug")]
-    Init(virtio_drivers::Error),
-    ReadOnly,
-}
-
-impl Disk {
-    /// Brings up the disk on the layout's transport, its DMA region at physical `dma_paddr`.
-    ///
-    /// # Safety
-    /// Call once. `lay::BLK_REGS_VADDR` must be this PD's uncached mapping of the disk's
-    /// virtio-mmio registers and `lay::BLK_DMA_VADDR` its mapping of `ledger_blk_dma`, whose
-    /// physical address is `dma_paddr` (ppn-layout, checked against the SDF by `ppn sdf check`).
-    pub unsafe fn new(dma_paddr: u64) -> Result<Self, DiskError> {
-        BLK_DMA.init(dma_paddr);
-        let header = NonNull::new(lay::BLK_REGS_VADDR as *mut VirtIOHeader).expect("nonzero vaddr");
-        // SAFETY: the caller guarantees BLK_REGS_VADDR maps the disk's registers
-        // (VIRTIO_MMIO_SIZE bytes at the transport's offset in its page) for the program's life,
-        // and this is the only transport made over them.
-        let transport =
-            unsafe { MmioTransport::new(header, qemu_virt::VIRTIO_MMIO_SIZE as usize) }.map_err(DiskError::NoDevice)?;
-        let blk = VirtIOBlk::<BlkHal, _>::new(transport).map_err(DiskError::Init)?;
-        if blk.readonly() {
-            return Err(DiskError::ReadOnly);
-        }
-        Ok(Self { blk })
-    }
-}
-
-impl BlockDevice for Disk {
-    type Error = virtio_drivers::Error;
-
-    fn sectors(&mut self) -> Result<u64, Self::Error> {
-        Ok(self.blk.capacity())
-    }
-
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
-        self.blk.read_blocks(sector as usize, buf)
-    }
-
-    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Self::Error> {
-        self.blk.write_blocks(sector as usize, buf)
-    }
-
-    fn flush(&mut self) -> Result<(), Self::Error> {
-        self.blk.flush()
-    }
+/// Brings up the disk on the layout's transport, its DMA region at physical `dma_paddr`.
+///
+/// # Safety
+/// Call once. `lay::BLK_REGS_VADDR` must be this PD's uncached mapping of the disk's
+/// virtio-mmio registers and `lay::BLK_DMA_VADDR` its mapping of `ledger_blk_dma`, whose
+/// physical address is `dma_paddr` (ppn-layout, checked against the SDF by `ppn sdf check`).
+pub unsafe fn open(dma_paddr: u64) -> Result<Disk, DiskError> {
+    BLK_DMA.init(dma_paddr);
+    // SAFETY: the caller's guarantees, passed on; BLK_DMA now holds the region's address.
+    unsafe { Disk::new(lay::BLK_REGS_VADDR) }
 }

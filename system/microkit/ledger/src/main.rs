@@ -103,7 +103,7 @@ fn init() -> LedgerPd {
     let blk_paddr = unsafe { core::ptr::read_volatile(&raw const ppn_blk_dma_paddr) };
     // SAFETY: called once; BLK_REGS_VADDR and BLK_DMA_VADDR are this PD's mappings of the disk's
     // registers and of ledger_blk_dma, whose physical address Microkit patched into the symbol.
-    let disk = match unsafe { disk::Disk::new(blk_paddr) } {
+    let disk = match unsafe { disk::open(blk_paddr) } {
         Ok(d) => Rc::new(RefCell::new(d)),
         Err(e) => panic!("ledger: no usable disk ({e:?}); the journals need one"),
     };

@@ -88,7 +88,7 @@ fn init() -> LenderPd {
     let blk_paddr = unsafe { core::ptr::read_volatile(&raw const ppn_lender_blk_dma_paddr) };
     // SAFETY: called once; BLK_REGS_VADDR and BLK_DMA_VADDR are this PD's mappings of the lender
     // disk's registers and of lender_blk_dma, whose physical address Microkit patched in.
-    let disk = match unsafe { disk::Disk::new(blk_paddr) } {
+    let disk = match unsafe { disk::open(blk_paddr) } {
         Ok(d) => d,
         Err(e) => panic!("lender: no usable disk ({e:?}); the lender journal needs one"),
     };

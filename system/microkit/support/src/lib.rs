@@ -2,6 +2,7 @@
 //! - [`DmaPool`] and [`dma_hal!`]: a `virtio-drivers` [`Hal`](virtio_drivers::Hal) over one
 //!   Microkit DMA region (virtual address from `ppn-layout`, physical address from the symbol
 //!   Microkit patches), with bounce buffers for memory outside the region;
+//! - [`disk`]: a virtio-blk disk as a journal `BlockDevice`;
 //! - [`timer`]: the ARM generic timer (uptime);
 //! - [`RequestBuffer`]: the request/response buffer a service PD shares with `link`
 //!   (layout: `ppn_layout::buffer`), accessed only by volatile copies.
@@ -165,6 +166,8 @@ macro_rules! dma_hal {
         }
     };
 }
+
+pub mod disk;
 
 /// The ARM generic timer, read through the physical counter (Microkit's seL4 exports it to EL0).
 pub mod timer {
