@@ -519,7 +519,12 @@ impl<S: Storage> Ledger<S> {
         if t.issuer != self.node_id.0.0 || !t.tag_ok(&self.token_key) {
             return Verdict::BadTag;
         }
-        let c = t.claims();
+        self.claims_verdict(&t.claims(), now_unix_s)
+    }
+
+    /// The rules after a token's authenticity, in order: expiry (this TCB's clock), issuer,
+    /// grantee and grant revoked, else `Valid`.
+    fn claims_verdict(&self, c: &Claims, now_unix_s: u64) -> Verdict {
         if c.expires_unix_s <= now_unix_s {
             Verdict::Expired
         } else if self.revocations.node_revoked(&c.issuer) {
@@ -563,18 +568,10 @@ impl<S: Storage> Ledger<S> {
         if key.verify_strict(&endorsement_message(token), &sig).is_err() {
             return Verdict::BadEndorsement;
         }
-        if c.expires_unix_s <= now_unix_s {
-            Verdict::Expired
-        } else if self.revocations.node_revoked(&c.issuer) {
-            Verdict::IssuerRevoked
-        } else if !self.is_trusted(&c.issuer) {
-            Verdict::UnknownIssuer
-        } else if self.revocations.node_revoked(&c.grantee) {
-            Verdict::GranteeRevoked
-        } else if self.revocations.grant_revoked(&c.issuer, c.sequence) {
-            Verdict::GrantRevoked
-        } else {
-            Verdict::Valid
+        match self.claims_verdict(&c, now_unix_s) {
+            v @ (Verdict::Expired | Verdict::IssuerRevoked) => v,
+            _ if !self.is_trusted(&c.issuer) => Verdict::UnknownIssuer,
+            v => v,
         }
     }
 
