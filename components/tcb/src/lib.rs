@@ -14,7 +14,7 @@ use alloc::vec;
 use ppn_journal::{Journal, MAX_RECORD, Recovery, Storage};
 use ppn_ledger::{Ledger, Roots};
 use ppn_node_core::{NodeCore, NodeKeys, NodeRecord, Replay, Runtime, StateError};
-use ppn_wire::message::{PairRequest, PairResponse};
+use ppn_wire::message::{LedgerRequest, PairRequest, PairResponse};
 use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
 use ppn_wire::{ErrorCode, Header, Request, Response};
 use zeroize::Zeroizing;
@@ -120,7 +120,10 @@ impl<S: Storage> TcbCore<S> {
             }
             Request::Ledger(r) => match self.ledger.handle(r, now_unix_s) {
                 Ok(answer) => {
-                    self.sync_lender(now_unix_s);
+                    // Only these add records (revocations); reads leave the lender alone.
+                    if matches!(r, LedgerRequest::Revoke(_) | LedgerRequest::IngestRecords(_)) {
+                        self.sync_lender(now_unix_s);
+                    }
                     Response::Ledger(answer)
                 }
                 Err(refusal) => Response::error(refusal.code, refusal.detail),
@@ -134,7 +137,9 @@ impl<S: Storage> TcbCore<S> {
                         self.pairing.decide(d, &mut self.ledger, uptime_ms, now_unix_s).map(PairResponse::Decide)
                     }
                 };
-                self.sync_lender(now_unix_s);
+                if matches!(r, PairRequest::Decide(_)) {
+                    self.sync_lender(now_unix_s);
+                }
                 match answer {
                     Ok(a) => Response::Pair(a),
                     Err((code, detail)) => Response::error(code, &detail),
