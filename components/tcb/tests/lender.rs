@@ -3,10 +3,8 @@
 //! revocations end it, and its blocks are scrubbed (really zeroed) before they are free again.
 
 use ppn_journal::mem::MemStorage;
-use ppn_ledger::Roots;
 use ppn_lender::{BLOCK_BYTES, BlockRange};
-use ppn_node_core::NodeKeys;
-use ppn_tcb_core::{Booted, LenderService, Scrub, boot};
+use ppn_tcb_core::{LenderService, Scrub};
 use ppn_wire::message::{LedgerRequest, LedgerResponse, LenderRequest, LenderResponse, NodeRequest, NodeResponse};
 use ppn_wire::service::{
     CommitLease, Endorse, IngestOutcome, IngestRecords, Pool, Release, Released, Reserve, Revoke, RevokeTarget,
@@ -19,7 +17,8 @@ const NOW: u64 = 1_800_000_000;
 /// Blocks in the test pools (8 x 2 MiB = 16 MiB of scrubbable memory).
 const CAPACITY: u32 = 8;
 
-type Tcb = Booted<MemStorage, MemStorage>;
+mod common;
+use common::{Tcb, keys};
 
 /// The lender's "memory": bytes the scrubber really overwrites, and every range it scrubbed.
 #[derive(Clone, Default)]
@@ -59,26 +58,12 @@ impl Scrub for Memory {
     }
 }
 
-fn keys(seed: u8) -> NodeKeys {
-    NodeKeys::from_seed(&[seed; 32])
-}
-
 fn id(seed: u8) -> NodeId {
     keys(seed).node_id()
 }
 
-/// A TCB with identity seed `seed`, whose fleet roots are the nodes of `fleet`.
 fn tcb(seed: u8, fleet: &[u8]) -> Tcb {
-    let mut roots = Roots::default();
-    for &n in fleet {
-        assert!(roots.add(&keys(n).signing_public()));
-    }
-    let entropy = |s: &mut [u8; 32]| {
-        s.fill(seed);
-        Ok::<(), ()>(())
-    };
-    boot(MemStorage::default(), MemStorage::default(), &roots, ppn_wire::service::Platform::Hosted, "t", entropy)
-        .unwrap()
+    common::tcb(seed, fleet, ppn_wire::service::Platform::Hosted)
 }
 
 fn lending(seed: u8, fleet: &[u8], memory: &Memory) -> Tcb {

@@ -4,11 +4,9 @@
 
 use ppn_journal::mem::MemStorage;
 use ppn_layout::ledger_port::{self, MAX_MESSAGE, Op, PortReply};
-use ppn_ledger::Roots;
 use ppn_lender::BlockRange;
-use ppn_node_core::NodeKeys;
 use ppn_tcb_core::remote::{CallError, PortTransport, RemoteLedger, serve};
-use ppn_tcb_core::{Booted, LedgerPort, LenderService, Scrub, boot};
+use ppn_tcb_core::{Booted, LedgerPort, LenderService, Scrub};
 use ppn_wire::message::{LedgerRequest, LenderRequest, LenderResponse, NodeRequest, NodeResponse};
 use ppn_wire::service::{CommitLease, Release, Reserve, Revoke, RevokeTarget, ServiceState, VerifyToken};
 use ppn_wire::{ErrorCode, NodeId, Request, Response};
@@ -17,23 +15,11 @@ use std::rc::Rc;
 
 const NOW: u64 = 1_800_000_000;
 
-type Tcb = Booted<MemStorage, MemStorage>;
-
-fn keys(seed: u8) -> NodeKeys {
-    NodeKeys::from_seed(&[seed; 32])
-}
+mod common;
+use common::{Tcb, keys};
 
 fn tcb(seed: u8, fleet: &[u8]) -> Tcb {
-    let mut roots = Roots::default();
-    for &n in fleet {
-        assert!(roots.add(&keys(n).signing_public()));
-    }
-    let entropy = |s: &mut [u8; 32]| {
-        s.fill(seed);
-        Ok::<(), ()>(())
-    };
-    boot(MemStorage::default(), MemStorage::default(), &roots, ppn_wire::service::Platform::Sel4Microkit, "t", entropy)
-        .unwrap()
+    common::tcb(seed, fleet, ppn_wire::service::Platform::Sel4Microkit)
 }
 
 /// The "ledger PD": the TCB, answering port calls by `serve`, at its own clock; `down` makes
