@@ -15,6 +15,7 @@ pub mod control;
 pub mod fleet;
 pub mod hints;
 pub mod lease_wire;
+pub mod migrate_stream;
 pub mod migrate_wire;
 pub mod migration;
 pub mod node;

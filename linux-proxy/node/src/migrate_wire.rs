@@ -7,20 +7,20 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `PPNM` |
-//! | 4 | 1 | version `1` |
+//! | 4 | 1 | version `2` |
 //! | 5 | 1 | type (below) |
 //! | 6 | 2 | body length n (at most [`MAX_BODY`]) |
 //! | 8 | n | body |
 //!
 //! | type | message | direction | body |
 //! | --- | --- | --- | --- |
-//! | 1 | `Request` | source → destination | token length u8 (1..=64), token, endorsement (64), VM spec: UTF-8 JSON, the rest of the body (1..=[`MAX_SPEC`] bytes) |
+//! | 1 | `Request` | source → destination | stream encoding u8 ([`StreamEncoding`]: 0 plain, 1 zstd), token length u8 (1..=64), token, endorsement (64), VM spec: UTF-8 JSON, the rest of the body (1..=[`MAX_SPEC`] bytes) |
 //! | 2 | `Ready` | destination → source | empty |
 //! | 3 | `Refused` | destination → source | UTF-8 reason, the whole body (at most 256 bytes) |
 //! | 4 | `Done` | destination → source | running u8 (0 or 1), UTF-8 detail (at most 256 bytes) |
 //!
-//! After `Ready` the source → destination direction carries the raw QEMU migration stream
-//! until the source closes its writing side; the destination → source direction carries
+//! After `Ready` the source → destination direction carries QEMU's migration stream in the
+//! request's encoding (`crate::migrate_stream`) until the source closes its writing side; the destination → source direction carries
 //! exactly one more message, `Done`, once the destination's QEMU runs the guest (1) or has
 //! failed (0).
 //!
@@ -28,19 +28,20 @@
 //! length, a spec or a reason that is not UTF-8, an empty or oversized spec: each is its own
 //! [`MigrateWireError`]. Nothing is read past the length the header gives.
 
+pub use crate::migrate_stream::StreamEncoding;
 pub use crate::proxy_frame::HEADER_LEN;
 use crate::proxy_frame::{FrameError, Framing, cut};
 pub use crate::transport::MIGRATE_PORT;
 
 /// `PPNM`.
 pub const MAGIC: [u8; 4] = *b"PPNM";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The longest spec JSON.
 pub const MAX_SPEC: usize = 4096;
 /// The longest token ([`ppn_wire::service::TOKEN_MAX`]).
 pub const TOKEN_MAX: usize = 64;
 /// The largest body: a `Request` with a 64-byte token and the longest spec.
-pub const MAX_BODY: usize = 1 + TOKEN_MAX + 64 + MAX_SPEC;
+pub const MAX_BODY: usize = 2 + TOKEN_MAX + 64 + MAX_SPEC;
 /// The longest reason or detail.
 pub const MAX_TEXT: usize = 256;
 
@@ -49,7 +50,7 @@ const FRAMING: Framing = Framing { magic: MAGIC, version: VERSION, max_body: MAX
 /// A migration protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MigrateMsg {
-    Request { token: Vec<u8>, endorsement: [u8; 64], spec: String },
+    Request { encoding: StreamEncoding, token: Vec<u8>, endorsement: [u8; 64], spec: String },
     Ready,
     Refused { reason: String },
     Done { running: bool, detail: String },
@@ -62,7 +63,7 @@ pub enum MigrateWireError {
     Short(usize),
     #[error("not a migration message (magic {0:02x?})")]
     Magic([u8; 4]),
-    #[error("migration protocol version {0}; this build speaks 1")]
+    #[error("migration protocol version {0}; this build speaks 2")]
     Version(u8),
     #[error("migration message body of {0} bytes is over the limit of {MAX_BODY}")]
     TooLong(usize),
@@ -112,8 +113,9 @@ impl MigrateMsg {
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
         match self {
-            MigrateMsg::Request { token, endorsement, spec } => {
+            MigrateMsg::Request { encoding, token, endorsement, spec } => {
                 let token = &token[..token.len().min(TOKEN_MAX)];
+                body.push(encoding.code());
                 body.push(token.len() as u8);
                 body.extend_from_slice(token);
                 body.extend_from_slice(endorsement);
@@ -130,14 +132,19 @@ impl MigrateMsg {
     }
 
     /// A request, refused here when the spec does not fit rather than cut.
-    pub fn request(token: &[u8], endorsement: [u8; 64], spec: String) -> Result<Self, MigrateWireError> {
+    pub fn request(
+        encoding: StreamEncoding,
+        token: &[u8],
+        endorsement: [u8; 64],
+        spec: String,
+    ) -> Result<Self, MigrateWireError> {
         if token.is_empty() || token.len() > TOKEN_MAX {
             return Err(MigrateWireError::Token(token.len()));
         }
         if spec.is_empty() || spec.len() > MAX_SPEC {
             return Err(MigrateWireError::Spec(spec.len()));
         }
-        Ok(MigrateMsg::Request { token: token.to_vec(), endorsement, spec })
+        Ok(MigrateMsg::Request { encoding, token: token.to_vec(), endorsement, spec })
     }
 
     /// Decodes exactly one message: `bytes` is its header and whole body, nothing more.
@@ -151,23 +158,24 @@ impl MigrateMsg {
         };
         Ok(match kind {
             1 => {
-                let Some(&t) = body.first() else {
-                    return Err(MigrateWireError::Body { kind, len: 0, want: 1 + 1 + 64 + 1 });
+                let (Some(&e), Some(&t)) = (body.first(), body.get(1)) else {
+                    return Err(MigrateWireError::Body { kind, len: body.len(), want: 2 + 1 + 64 + 1 });
                 };
                 let t = t as usize;
                 if t == 0 || t > TOKEN_MAX {
                     return Err(MigrateWireError::Token(t));
                 }
-                if body.len() < 1 + t + 64 {
-                    return Err(MigrateWireError::Body { kind, len: body.len(), want: 1 + t + 64 + 1 });
+                if body.len() < 2 + t + 64 {
+                    return Err(MigrateWireError::Body { kind, len: body.len(), want: 2 + t + 64 + 1 });
                 }
-                let spec = &body[1 + t + 64..];
+                let spec = &body[2 + t + 64..];
                 if spec.is_empty() || spec.len() > MAX_SPEC {
                     return Err(MigrateWireError::Spec(spec.len()));
                 }
                 MigrateMsg::Request {
-                    token: body[1..1 + t].to_vec(),
-                    endorsement: body[1 + t..1 + t + 64].try_into().expect("64 bytes"),
+                    encoding: StreamEncoding::from_code(e),
+                    token: body[2..2 + t].to_vec(),
+                    endorsement: body[2 + t..2 + t + 64].try_into().expect("64 bytes"),
                     spec: std::str::from_utf8(spec).map_err(|_| MigrateWireError::Utf8("VM spec"))?.to_owned(),
                 }
             }
@@ -217,8 +225,24 @@ mod tests {
 
     fn all() -> Vec<MigrateMsg> {
         vec![
-            MigrateMsg::Request { token: vec![9; 60], endorsement: [3; 64], spec: r#"{"name":"a"}"#.into() },
-            MigrateMsg::Request { token: vec![1], endorsement: [0; 64], spec: "x".repeat(MAX_SPEC) },
+            MigrateMsg::Request {
+                encoding: StreamEncoding::Zstd,
+                token: vec![9; 60],
+                endorsement: [3; 64],
+                spec: r#"{"name":"a"}"#.into(),
+            },
+            MigrateMsg::Request {
+                encoding: StreamEncoding::Plain,
+                token: vec![1],
+                endorsement: [0; 64],
+                spec: "x".repeat(MAX_SPEC),
+            },
+            MigrateMsg::Request {
+                encoding: StreamEncoding::Unknown(200),
+                token: vec![64; 64],
+                endorsement: [1; 64],
+                spec: "{}".into(),
+            },
             MigrateMsg::Ready,
             MigrateMsg::Refused { reason: "the grant does not check: BadEndorsement".into() },
             MigrateMsg::Refused { reason: String::new() },
@@ -249,8 +273,8 @@ mod tests {
         m[0] = b'X';
         assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Magic(*b"XPNM")));
         let mut m = ok.clone();
-        m[4] = 2;
-        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Version(2)));
+        m[4] = 1;
+        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Version(1)));
         let mut m = ok.clone();
         m[5] = 9;
         assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::UnknownType(9)));
@@ -260,12 +284,17 @@ mod tests {
         let mut m = MigrateMsg::Refused { reason: "ab".into() }.encode();
         m[5] = 2;
         assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Body { kind: 2, len: 2, want: 0 }));
-        let req = MigrateMsg::Request { token: vec![1; 60], endorsement: [0; 64], spec: "{}".into() };
+        let req = MigrateMsg::Request {
+            encoding: StreamEncoding::Zstd,
+            token: vec![1; 60],
+            endorsement: [0; 64],
+            spec: "{}".into(),
+        };
         let mut r = req.encode();
-        r[HEADER_LEN] = 65;
+        r[HEADER_LEN + 1] = 65;
         assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Token(65)));
         let mut r = req.encode();
-        r[HEADER_LEN] = 0;
+        r[HEADER_LEN + 1] = 0;
         assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Token(0)));
         let mut r = req.encode();
         let n = r.len();
@@ -293,9 +322,13 @@ mod tests {
 
     #[test]
     fn request_refuses_what_would_be_cut_and_encode_cuts_texts() {
-        assert_eq!(MigrateMsg::request(&[1; 60], [0; 64], "x".repeat(MAX_SPEC + 1)), Err(MigrateWireError::Spec(4097)));
-        assert_eq!(MigrateMsg::request(&[], [0; 64], "{}".into()), Err(MigrateWireError::Token(0)));
-        assert!(MigrateMsg::request(&[1; 60], [0; 64], "{}".into()).is_ok());
+        let z = StreamEncoding::Zstd;
+        assert_eq!(
+            MigrateMsg::request(z, &[1; 60], [0; 64], "x".repeat(MAX_SPEC + 1)),
+            Err(MigrateWireError::Spec(4097))
+        );
+        assert_eq!(MigrateMsg::request(z, &[], [0; 64], "{}".into()), Err(MigrateWireError::Token(0)));
+        assert!(MigrateMsg::request(z, &[1; 60], [0; 64], "{}".into()).is_ok());
         let m = MigrateMsg::Refused { reason: "é".repeat(200) };
         match MigrateMsg::decode(&m.encode()).unwrap() {
             MigrateMsg::Refused { reason } => assert_eq!(reason, "é".repeat(128)),

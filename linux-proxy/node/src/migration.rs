@@ -19,6 +19,7 @@
 //! memory the VM arrives with plugged is then borrowed here from a peer (the source's leases end
 //! with the source's copy); if no peer lends it, it is unplugged.
 
+use crate::migrate_stream::{self, StreamEncoding, StreamStats};
 use crate::migrate_wire::{MIGRATE_PORT, MigrateMsg, MigrateWireError, read_msg};
 use crate::transport::{ip_of, node_of};
 use crate::vms::{TokenClaims, VmPlane, token_claims};
@@ -161,6 +162,10 @@ pub struct MigrationStatus {
     /// Request until the destination said the guest runs there, ms.
     pub total_ms: Option<f64>,
     pub elapsed_ms: f64,
+    /// How the stream crossed the mesh (`plain`, `zstd`).
+    pub encoding: &'static str,
+    /// QEMU's bytes and the bytes on the mesh, once the stream ended.
+    pub stream: Option<StreamStats>,
     /// After a failure: whether the guest runs on this node.
     pub source_running: Option<bool>,
     pub error: Option<String>,
@@ -175,6 +180,8 @@ pub struct MigrateOptions {
     pub timeout: Duration,
     /// Migrate a VM with virtio-mem memory plugged (refused by default, see docs/migration.md).
     pub allow_plugged: bool,
+    /// How the stream crosses the mesh (zstd by default).
+    pub encoding: StreamEncoding,
 }
 
 impl Default for MigrateOptions {
@@ -183,6 +190,7 @@ impl Default for MigrateOptions {
             params: MigrationParams { downtime_limit_ms: DEFAULT_DOWNTIME_MS, max_bandwidth: DEFAULT_MAX_BANDWIDTH },
             timeout: DEFAULT_TIMEOUT,
             allow_plugged: false,
+            encoding: StreamEncoding::Zstd,
         }
     }
 }
@@ -308,6 +316,8 @@ impl Migrations {
             qemu_total_ms: None,
             total_ms: None,
             elapsed_ms: 0.0,
+            encoding: opts.encoding.name(),
+            stream: None,
             source_running: None,
             error: None,
             started: Some(Instant::now()),
@@ -415,7 +425,8 @@ impl Migrations {
             .await
             .map_err(|e| before(e.into()))?;
         let endorsement = self.tcb.endorse(&grant.token).await.map_err(|e| before(e.into()))?;
-        let request = MigrateMsg::request(&grant.token, endorsement.0, spec_json).map_err(|e| before(e.into()))?;
+        let request =
+            MigrateMsg::request(opts.encoding, &grant.token, endorsement.0, spec_json).map_err(|e| before(e.into()))?;
         self.update(name, |s| {
             s.grant_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
             s.phase = Phase::Connecting;
@@ -470,17 +481,18 @@ impl Migrations {
         // tells the destination the stream is complete. The destination sends nothing back to
         // QEMU (no return path), but the write half stays open until the copy ends.
         let (pump_tx, mut pump_rx) = tokio::sync::oneshot::channel();
+        let encoding = opts.encoding;
         let _pump = Abort(tokio::spawn(async move {
-            let (mut qr, qw) = qemu.into_split();
-            let n = tokio::io::copy(&mut qr, &mut mw).await;
-            let _ = mw.shutdown().await;
+            let (qr, qw) = qemu.into_split();
+            let sent = migrate_stream::send(qr, &mut mw, encoding).await;
             drop(qw);
-            let _ = pump_tx.send(n);
+            let _ = pump_tx.send(sent);
         }));
         let mut done = Abort(tokio::spawn(async move { read_msg(&mut mr).await }));
 
         let c = m.qmp(name).await.map_err(|e| after(vm_err(name)(e.to_string())))?;
         let t_mig = Instant::now();
+        let mut pumped = None;
         let progress = loop {
             let v =
                 c.execute_value(qapi::qmp::query_migrate {}).await.map_err(|e| after(vm_err(name)(e.to_string())))?;
@@ -494,8 +506,10 @@ impl Migrations {
                 }
                 _ => {}
             }
-            if let Ok(Err(e)) = pump_rx.try_recv() {
-                return Err(after(stream_err(format!("copying QEMU's stream into the mesh: {e}"))));
+            match pump_rx.try_recv() {
+                Ok(Err(e)) => return Err(after(stream_err(format!("QEMU's stream into the mesh: {e}")))),
+                Ok(Ok(stats)) => pumped = Some(stats),
+                Err(_) => {}
             }
             if done.0.is_finished() {
                 // The destination answered before the source completed: it failed.
@@ -514,7 +528,15 @@ impl Migrations {
         self.update(name, |s| s.phase = Phase::Switching);
         let answer = tokio::time::timeout(DONE_TIMEOUT, &mut done.0).await;
         match answer {
-            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: true, .. })))) => Ok(SourceEnd::Completed { progress }),
+            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: true, .. })))) => {
+                // The destination read the whole stream, so the pump has ended.
+                let stream = match pumped {
+                    Some(s) => Some(s),
+                    None => tokio::time::timeout(Duration::from_secs(1), pump_rx).await.ok().and_then(|r| r.ok()?.ok()),
+                };
+                self.update(name, |s| s.stream = stream);
+                Ok(SourceEnd::Completed { progress })
+            }
             Ok(Ok(Ok(Ok(MigrateMsg::Done { running: false, detail })))) => {
                 Err(after(MigrationError::Refused(format!("{to} could not run the guest: {detail}"))))
             }
@@ -534,7 +556,7 @@ impl Migrations {
             }
             _ => return,
         };
-        let (name, port) = match self.accept(peer, request).await {
+        let (name, port, encoding) = match self.accept(peer, request).await {
             Ok(x) => x,
             Err(reason) => {
                 self.vms_event(format!("refused a migration from {peer}: {reason}"));
@@ -542,7 +564,7 @@ impl Migrations {
                 return;
             }
         };
-        let outcome = self.receive(&name, port, &mut mr, &mut mw).await;
+        let outcome = self.receive(&name, port, encoding, &mut mr, &mut mw).await;
         match outcome {
             Ok(()) => {
                 self.vms_event(format!("{name} arrived from {peer} and runs here"));
@@ -560,11 +582,14 @@ impl Migrations {
     }
 
     /// Checks a request and prepares the destination QEMU; returns the VM's name and the
-    /// loopback port its QEMU listens on.
-    async fn accept(&self, peer: NodeId, request: MigrateMsg) -> Result<(String, u16), String> {
-        let MigrateMsg::Request { token, endorsement, spec } = request else {
+    /// loopback port its QEMU listens on and the stream's encoding.
+    async fn accept(&self, peer: NodeId, request: MigrateMsg) -> Result<(String, u16, StreamEncoding), String> {
+        let MigrateMsg::Request { encoding, token, endorsement, spec } = request else {
             return Err(format!("{request:?} is not a request"));
         };
+        if let StreamEncoding::Unknown(c) = encoding {
+            return Err(format!("stream encoding {c} is not one this node knows (0 plain, 1 zstd)"));
+        }
         let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
         let verdict = self
             .tcb
@@ -597,7 +622,7 @@ impl Migrations {
             Ok::<u16, String>(port)
         };
         match prepared.await {
-            Ok(port) => Ok((name, port)),
+            Ok(port) => Ok((name, port, encoding)),
             Err(e) => {
                 let _ = self.vms.destroy(&name).await;
                 Err(e)
@@ -611,6 +636,7 @@ impl Migrations {
         &self,
         name: &str,
         port: u16,
+        encoding: StreamEncoding,
         mr: &mut ReadHalf<MeshStream>,
         mw: &mut WriteHalf<MeshStream>,
     ) -> Result<(), String> {
@@ -626,10 +652,11 @@ impl Migrations {
         };
         let _ = qemu.set_nodelay(true);
         mw.write_all(&MigrateMsg::Ready.encode()).await.map_err(|e| format!("answering Ready: {e}"))?;
-        let (_qr, mut qw) = qemu.into_split();
-        let copied = tokio::io::copy(mr, &mut qw).await;
-        let _ = qw.shutdown().await;
-        let n = copied.map_err(|e| format!("copying the stream into the destination QEMU: {e}"))?;
+        let (_qr, qw) = qemu.into_split();
+        let got = migrate_stream::receive(mr, qw, encoding)
+            .await
+            .map_err(|e| format!("the {} stream into the destination QEMU: {e}", encoding.name()))?;
+        let n = got.stream_bytes;
         // The source closed its side: the stream is whole if QEMU loads it and runs.
         let t1 = Instant::now();
         loop {
@@ -703,6 +730,11 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
                 opts.params.max_bandwidth = b;
             }
             opts.allow_plugged = req["allow_plugged"] == true;
+            match req["encoding"].as_str() {
+                None | Some("zstd") => {}
+                Some("plain") => opts.encoding = StreamEncoding::Plain,
+                Some(e) => return Err(format!("vm-migrate: encoding {e:?}: want \"zstd\" or \"plain\"")),
+            }
             if let Some(t) = req["timeout_s"].as_u64() {
                 opts.timeout = Duration::from_secs(t);
             }
@@ -712,11 +744,9 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
             // The latest guest agent report of a VM here, with when it arrived (wall clock):
             // cheap (no QMP), for following a guest across a migration.
             let view = node.vms.agent(name).ok_or_else(|| format!("no guest agent report of {name} here"))?;
-            let age = view.at.map(|t| t.elapsed()).unwrap_or_default();
-            let at = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
-            let at_unix_us = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+            let at_unix_us = view.at.map(ppn_vm::agent::unix_us).unwrap_or(0);
             return Ok(serde_json::json!({ "ok": true, "agent": { "counter": view.counter,
-                "mem_total_kib": view.mem_total_kib, "at_unix_us": at_unix_us } }));
+                "guest_ns": view.guest_ns, "mem_total_kib": view.mem_total_kib, "at_unix_us": at_unix_us } }));
         }
         _ => node.migrations.status(name).ok_or_else(|| format!("no migration of {name} from this node"))?,
     };

@@ -13,6 +13,7 @@ use ppn_node::fleet::{self, Fleet};
 
 mod common;
 use common::{guest_image, start};
+use ppn_vm::agent::{ClockSample, frozen_ms};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,9 +40,11 @@ fn try_call(f: &Fleet, i: usize, req: Value) -> Result<Value, String> {
 }
 
 /// The latest agent report of the VM on node `i`: (counter, host receive time, µs).
-fn agent(f: &Fleet, i: usize) -> Option<(u64, u64)> {
+/// The latest agent report on node `i`: counter, received (Unix µs), guest monotonic ns.
+fn agent(f: &Fleet, i: usize) -> Option<(u64, u64, u64)> {
     let v = try_call(f, i, json!({ "op": "vm-agent", "name": VM })).ok()?;
-    Some((v["agent"]["counter"].as_u64()?, v["agent"]["at_unix_us"].as_u64()?))
+    let a = &v["agent"];
+    Some((a["counter"].as_u64()?, a["at_unix_us"].as_u64()?, a["guest_ns"].as_u64()?))
 }
 
 fn state(f: &Fleet, i: usize) -> Option<String> {
@@ -84,15 +87,16 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     call(f, 1, json!({ "op": "lease-release", "lease_id": grown["grown"]["lease_id"] }));
     let limit_ms = 30;
     call(f, 1, json!({ "op": "vm-migrate", "name": VM, "to": f.nodes[0].node_id, "downtime_ms": limit_ms }));
-    // Follow the guest on both nodes until the migration ends: (node, counter, received µs).
-    let mut seen: Vec<(usize, u64, u64)> = Vec::new();
+    // Follow the guest on both nodes until the migration ends: (node, counter, received µs,
+    // guest ns).
+    let mut seen: Vec<(usize, u64, u64, u64)> = Vec::new();
     let t0 = Instant::now();
     let status = loop {
         for i in [1, 0] {
-            if let Some((c, at)) = agent(f, i)
-                && seen.last().is_none_or(|&(n, lc, _)| (n, lc) != (i, c))
+            if let Some((c, at, g)) = agent(f, i)
+                && seen.last().is_none_or(|&(n, lc, _, _)| (n, lc) != (i, c))
             {
-                seen.push((i, c, at));
+                seen.push((i, c, at, g));
             }
         }
         let m = migration(f, 1);
@@ -104,45 +108,56 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     };
     eprintln!("migration: {status}");
     assert_eq!(status["phase"], "completed", "{status}");
-    // Twenty reports on the destination after the switch.
+    // Forty reports on the destination after the switch.
     let t1 = Instant::now();
-    while seen.iter().filter(|s| s.0 == 0).count() < 20 {
+    while seen.iter().filter(|s| s.0 == 0).count() < 40 {
         assert!(t1.elapsed() < Duration::from_secs(15), "the destination's guest does not report: {seen:?}");
-        if let Some((c, at)) = agent(f, 0)
-            && seen.last().is_none_or(|&(n, lc, _)| (n, lc) != (0, c))
+        if let Some((c, at, g)) = agent(f, 0)
+            && seen.last().is_none_or(|&(n, lc, _, _)| (n, lc) != (0, c))
         {
-            seen.push((0, c, at));
+            seen.push((0, c, at, g));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
 
     // Reports in the order the hosts received them: the counter never goes back, and the
     // destination's first report is beyond the source's last.
-    seen.sort_by_key(|&(_, _, at)| at);
-    seen.dedup_by_key(|&mut (n, c, _)| (n, c));
+    seen.sort_by_key(|&(_, _, at, _)| at);
+    seen.dedup_by_key(|&mut (n, c, _, _)| (n, c));
     let counters: Vec<u64> = seen.iter().map(|s| s.1).collect();
     assert!(counters.windows(2).all(|w| w[0] <= w[1]), "counter went back: {seen:?}");
     let last_src = seen.iter().filter(|s| s.0 == 1).map(|s| s.1).max().expect("reports from the source");
     let first_dst = seen.iter().find(|s| s.0 == 0).expect("reports from the destination");
     assert!(first_dst.1 > last_src, "destination's first counter {} <= source's last {last_src}", first_dst.1);
+    // How long the guest was frozen, as it lived it: the growth of the least host-minus-guest
+    // clock offset from the source's reports to the destination's (ppn_vm::agent::frozen_ms).
+    let clock = |node: usize| -> Vec<ClockSample> {
+        seen.iter().filter(|s| s.0 == node).map(|s| ClockSample { guest_ns: s.3, host_unix_us: s.2 }).collect()
+    };
+    let pause_ms = frozen_ms(&clock(1), &clock(0)).expect("reports on both sides");
     let max_gap_ms = seen.windows(2).map(|w| (w[1].2 - w[0].2) as f64 / 1e3).fold(0.0, f64::max);
     let downtime = status["downtime_ms"].as_u64().expect("QEMU's downtime");
     eprintln!(
-        "downtime {downtime} ms (limit {limit_ms}), total {} ms, QEMU total {} ms; {} reports followed, \
-         largest gap between two {max_gap_ms:.1} ms; source's last counter {last_src}, destination's first {}",
+        "downtime {downtime} ms (limit {limit_ms}), guest frozen {pause_ms:.1} ms, total {} ms, QEMU total {} ms, \
+         stream {} ({}); {} reports followed, largest gap between two seen by the hosts {max_gap_ms:.1} ms; \
+         source's last counter {last_src}, destination's first {}",
         status["total_ms"],
         status["qemu_total_ms"],
+        status["encoding"],
+        status["stream"],
         seen.len(),
         first_dst.1
     );
     // QEMU's downtime: the limit is its target; with TCG on two loaded cores it overshoots, but
     // not by an order of magnitude.
     assert!(downtime < 10 * limit_ms, "downtime {downtime} ms");
-    // The largest silence the hosts saw: the downtime, plus the guest's 10 ms report period,
-    // plus the destination proxy's reconnect to the agent socket after the switch (it waits for
-    // QEMU to say `running`, polled every 5 ms, then connects) and TCG scheduling on two
-    // loaded cores; 1 s is 30x the limit and still catches a stall of the stream.
-    assert!(max_gap_ms < 1000.0, "a {max_gap_ms:.1} ms gap between reports");
+    // The guest's own pause: QEMU's downtime plus the tail of the stream through the tunnel
+    // and the destination's load of the device state. A release build measures 20-50 ms
+    // (docs/migration.md), this debug build 80 ms; on two loaded cores it gets 5x the limit.
+    assert!(pause_ms >= 0.0 && pause_ms < 5.0 * limit_ms as f64, "the guest was frozen {pause_ms:.1} ms");
+    assert_eq!(status["encoding"], "zstd");
+    let stream = &status["stream"];
+    assert!(stream["wire_bytes"].as_u64() < stream["stream_bytes"].as_u64(), "{stream}");
 
     // Runs on node 0, gone from node 1.
     assert_eq!(state(f, 0).as_deref(), Some("running"));

@@ -254,7 +254,7 @@ pub fn build_argv(spec: &VmSpec, paths: &VmPaths, accel: Accel, mode: &LaunchMod
         "-device",
         &format!("virtio-mem-pci,id={VMEM_DEVICE_ID},memdev=vmem0,block-size={VMEM_BLOCK_MIB}M,requested-size=0"),
     ]);
-    push(&["-device", &format!("virtio-balloon-pci,id={BALLOON_DEVICE_ID}")]);
+    push(&["-device", &format!("virtio-balloon-pci,id={BALLOON_DEVICE_ID},free-page-reporting=on")]);
     push(&["-device", "virtio-serial-pci"]);
     push(&["-chardev", &format!("socket,id=agent,path={},server=on,wait=off", path_str(&paths.agent()))]);
     push(&["-device", &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}")]);
@@ -340,7 +340,7 @@ mod tests {
             -append @CMDLINE@ -nographic -serial file:/s/vm-1/serial.log \
             -object memory-backend-ram,id=vmem0,size=2048M \
             -device virtio-mem-pci,id=vmem0dev,memdev=vmem0,block-size=2M,requested-size=0 \
-            -device virtio-balloon-pci,id=balloon0 -device virtio-serial-pci \
+            -device virtio-balloon-pci,id=balloon0,free-page-reporting=on -device virtio-serial-pci \
             -chardev socket,id=agent,path=/s/vm-1/agent.sock,server=on,wait=off \
             -device virtserialport,chardev=agent,name=org.ppnfabric.agent.0 \
             -qmp unix:/s/vm-1/qmp.sock,server=on,wait=off";

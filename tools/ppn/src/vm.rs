@@ -121,6 +121,10 @@ pub enum Command {
         /// with QEMU 7.2, see docs/migration.md).
         #[arg(long)]
         allow_plugged: bool,
+        /// How the stream crosses the mesh: `zstd` (compressed, about 3:1 for a guest's
+        /// memory) or `plain`.
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "plain"])]
+        encoding: String,
         /// Give up (and keep the VM here) after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout_s: u64,
@@ -257,10 +261,10 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
                 }
             }
         }
-        Command::Migrate { name, on, to, downtime_ms, max_bandwidth, allow_plugged, timeout_s, json } => {
+        Command::Migrate { name, on, to, downtime_ms, max_bandwidth, allow_plugged, encoding, timeout_s, json } => {
             let to_id = node_id(&on, &to)?;
-            let mut req = json!({ "op": "vm-migrate", "name": name, "to": to_id,
-                "downtime_ms": downtime_ms, "timeout_s": timeout_s, "allow_plugged": allow_plugged });
+            let mut req = json!({ "op": "vm-migrate", "name": name, "to": to_id, "downtime_ms": downtime_ms,
+                "timeout_s": timeout_s, "allow_plugged": allow_plugged, "encoding": encoding });
             if let Some(b) = max_bandwidth {
                 req["max_bandwidth"] = json!(b);
             }
