@@ -178,8 +178,6 @@ pub struct MigrationStatus {
 pub struct MigrateOptions {
     pub params: MigrationParams,
     pub timeout: Duration,
-    /// Migrate a VM with virtio-mem memory plugged (refused by default, see docs/migration.md).
-    pub allow_plugged: bool,
     /// How the stream crosses the mesh (zstd by default).
     pub encoding: StreamEncoding,
 }
@@ -189,7 +187,6 @@ impl Default for MigrateOptions {
         Self {
             params: MigrationParams { downtime_limit_ms: DEFAULT_DOWNTIME_MS, max_bandwidth: DEFAULT_MAX_BANDWIDTH },
             timeout: DEFAULT_TIMEOUT,
-            allow_plugged: false,
             encoding: StreamEncoding::Zstd,
         }
     }
@@ -295,12 +292,15 @@ impl Migrations {
         if state.label() != "running" {
             return Err(vm_err(name)(format!("is {}, only a running VM migrates", state.label())));
         }
-        let plugged = self.vms.manager.memory(name).await.map(|m| m.plugged_mib).unwrap_or(0);
-        if plugged > 0 && !opts.allow_plugged {
+        // Plugged memory moves with the guest; a resize still in flight does not (with QEMU 7.2
+        // a guest migrated mid-plug crashed on the destination, docs/migration.md).
+        let mem = self.vms.manager.memory(name).await.map_err(|e| vm_err(name)(e.to_string()))?;
+        if mem.plugged_mib != mem.requested_mib {
             return Err(MigrationError::Refused(format!(
-                "{name} has {plugged} MiB plugged with virtio-mem: guests migrated so crashed on the \
-                 destination with QEMU 7.2 (docs/migration.md); give it back first, or allow it with \
-                 \"allow_plugged\": true"
+                "{name}'s virtio-mem resize is in flight ({} of {} MiB plugged): a guest migrated \
+                 mid-resize crashed on the destination with QEMU 7.2 (docs/migration.md); try again \
+                 once it has settled",
+                mem.plugged_mib, mem.requested_mib
             )));
         }
         let status = MigrationStatus {
@@ -729,7 +729,6 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
             if let Some(b) = req["max_bandwidth"].as_u64() {
                 opts.params.max_bandwidth = b;
             }
-            opts.allow_plugged = req["allow_plugged"] == true;
             match req["encoding"].as_str() {
                 None | Some("zstd") => {}
                 Some("plain") => opts.encoding = StreamEncoding::Plain,

@@ -117,10 +117,6 @@ pub enum Command {
         /// QEMU's bandwidth limit, bytes per second (default: none to speak of).
         #[arg(long)]
         max_bandwidth: Option<u64>,
-        /// Migrate even with virtio-mem memory plugged (guests crashed after such migrations
-        /// with QEMU 7.2, see docs/migration.md).
-        #[arg(long)]
-        allow_plugged: bool,
         /// How the stream crosses the mesh: `zstd` (compressed, about 3:1 for a guest's
         /// memory) or `plain`.
         #[arg(long, default_value = "zstd", value_parser = ["zstd", "plain"])]
@@ -261,10 +257,10 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
                 }
             }
         }
-        Command::Migrate { name, on, to, downtime_ms, max_bandwidth, allow_plugged, encoding, timeout_s, json } => {
+        Command::Migrate { name, on, to, downtime_ms, max_bandwidth, encoding, timeout_s, json } => {
             let to_id = node_id(&on, &to)?;
             let mut req = json!({ "op": "vm-migrate", "name": name, "to": to_id, "downtime_ms": downtime_ms,
-                "timeout_s": timeout_s, "allow_plugged": allow_plugged, "encoding": encoding });
+                "timeout_s": timeout_s, "encoding": encoding });
             if let Some(b) = max_bandwidth {
                 req["max_bandwidth"] = json!(b);
             }
