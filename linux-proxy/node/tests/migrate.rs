@@ -163,6 +163,7 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     // node 1 (its one peer) and books it as plugged; node 1's lease from node 0 ended with its
     // copy of the VM, and node 0's pool has it back (pools count 2 MiB blocks).
     let leases = |i: usize| call(f, i, json!({ "op": "lease-list" }))["leases"].clone();
+    let lender = f.nodes[1].node_id.to_string();
     let t2 = Instant::now();
     loop {
         let (l0, l1) = (leases(0), leases(1));
@@ -170,7 +171,7 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
         let settled = b0.len() == 1
             && b0[0]["mib"] == 64
             && b0[0]["plugged"] == true
-            && b0[0]["lender"] == f.nodes[1].node_id.to_string()
+            && b0[0]["lender"] == lender.as_str()
             && l1["borrowed"].as_array().is_some_and(|b| b.is_empty())
             && l0["pool"]["lent"] == 0
             && l1["pool"]["lent"].as_u64().zip(l1["pool"]["block_mib"].as_u64()).map(|(n, b)| n * b) == Some(64);
