@@ -8,7 +8,7 @@
 //! | `{"op":"vm-start"\|"vm-stop"\|"vm-destroy","name":N}` | `{"ok":true,...}` |
 //! | `{"op":"vm-list"}` | `{"ok":true,"vms":[...]}` |
 //! | `{"op":"vm-grow","name":N,"mib":M[,"from":"<16 hex>"][,"lease_secs":S]}` | `{"ok":true,"grown":{...}}` |
-//! | `{"op":"vm-migrate","name":N,"to":"<16 hex>"[,"downtime_ms":D][,"max_bandwidth":B][,"timeout_s":T]}` | `{"ok":true,"migration":{...}}` at once ([`crate::migration::MigrationStatus`]) |
+//! | `{"op":"vm-migrate","name":N,"to":"<16 hex>"[,"downtime_ms":D][,"max_bandwidth":B][,"timeout_s":T][,"encoding":"zstd" or "plain"]}` | `{"ok":true,"migration":{...}}` at once ([`crate::migration::MigrationStatus`]) |
 //! | `{"op":"vm-migrate-status","name":N}` | `{"ok":true,"migration":{...}}` |
 //! | `{"op":"vm-agent","name":N}` | `{"ok":true,"agent":{"counter","mem_total_kib","at_unix_us"}}` (latest report, no QMP) |
 //! | `{"op":"lease-list"}` | `{"ok":true,"leases":{...}}` |
