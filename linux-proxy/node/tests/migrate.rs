@@ -124,8 +124,10 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     let last_src = seen.iter().filter(|s| s.0 == 1).map(|s| s.1).max().expect("reports from the source");
     let first_dst = seen.iter().find(|s| s.0 == 0).expect("reports from the destination");
     assert!(first_dst.1 > last_src, "destination's first counter {} <= source's last {last_src}", first_dst.1);
-    // How long the guest was frozen, as it lived it: the growth of the least host-minus-guest
-    // clock offset from the source's reports to the destination's (ppn_vm::agent::frozen_ms).
+    // The agent-based estimate of how long the guest was frozen (ppn_vm::agent::frozen_ms): the
+    // growth of the least host-minus-guest clock offset from the source's reports to the
+    // destination's. Through the nodes' report paths it is biased by tens of ms either way
+    // (docs/migration.md, Numbers), so it is only a bound here, not the pause.
     let clock = |node: usize| -> Vec<ClockSample> {
         seen.iter().filter(|s| s.0 == node).map(|s| ClockSample { guest_ns: s.3, host_unix_us: s.2 }).collect()
     };
@@ -146,10 +148,9 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     // QEMU's downtime: the limit is its target; with TCG on two loaded cores it overshoots, but
     // not by an order of magnitude.
     assert!(downtime < 10 * limit_ms, "downtime {downtime} ms");
-    // The guest's own pause: QEMU's downtime plus the tail of the stream through the tunnel
-    // and the destination's load of the device state. A release build measures 20-50 ms
-    // (docs/migration.md), this debug build 80 ms; on two loaded cores it gets 5x the limit.
-    assert!(pause_ms >= 0.0 && pause_ms < 5.0 * limit_ms as f64, "the guest was frozen {pause_ms:.1} ms");
+    // A stall of the stream or of the destination's start shows as hundreds of ms; the estimate
+    // read 43-78 ms in this debug build.
+    assert!(pause_ms.abs() < 5.0 * limit_ms as f64, "the guest was frozen {pause_ms:.1} ms (estimate)");
     assert_eq!(status["encoding"], "zstd");
     let stream = &status["stream"];
     assert!(stream["wire_bytes"].as_u64() < stream["stream_bytes"].as_u64(), "{stream}");

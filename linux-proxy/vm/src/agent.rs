@@ -73,7 +73,9 @@ pub fn unix_us(at: Instant) -> u64 {
 /// delay; the least offset of a set is its quickest delivery, so queueing, a host that polls
 /// now and then and a reconnect to the agent socket drop out, and what is left is the time the
 /// guest's clock stood still while the host's ran (a migration's real downtime as the guest
-/// lived it). `None` when a set is empty.
+/// lived it). That holds only if both sets' quickest deliveries took about as long: a report
+/// path with a standing lag (seen on one node's `vm-agent` after a migration, ~36 ms) shifts the
+/// result by that lag (docs/migration.md, Numbers). `None` when a set is empty.
 pub fn frozen_ms(before: &[ClockSample], after: &[ClockSample]) -> Option<f64> {
     let least = |s: &[ClockSample]| s.iter().map(ClockSample::offset_ns).min();
     let (b, a) = (least(before)?, least(after)?);

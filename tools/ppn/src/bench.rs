@@ -124,6 +124,9 @@ pub enum Command {
         /// How the fabric's stream crosses the mesh (`zstd` or `plain`).
         #[arg(long, default_value = "zstd", value_parser = ["zstd", "plain"])]
         encoding: String,
+        /// Migrations of each kind (back and forth); the headline figures are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Data directory of the guest image cache (DIR/ppn-guest).
         #[arg(long, env = "PPN_DATA_DIR", default_value = "target")]
         data_dir: PathBuf,
@@ -137,8 +140,9 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Tcb { sockets, requests, json } => return tcb(&sockets, requests, json),
         Command::MeshRevocation { nodes, runs, loss, json } => return mesh_revocation(nodes, runs, loss, json),
         Command::Tunnel { mib, json } => return tunnel(mib, json),
-        Command::Migrate { mem, encoding, data_dir, json } => {
-            return crate::bench_migrate::migrate(&crate::bench_migrate::MigrateOpts { mem, encoding, data_dir }, json);
+        Command::Migrate { mem, encoding, rounds, data_dir, json } => {
+            let opts = crate::bench_migrate::MigrateOpts { mem, encoding, rounds, data_dir };
+            return crate::bench_migrate::migrate(&opts, json);
         }
         Command::Plug { mib, rounds, data_dir, json } => {
             return crate::bench_plug::plug(&crate::bench_plug::PlugOpts { mib, rounds, data_dir }, json);
