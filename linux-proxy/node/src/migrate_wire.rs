@@ -17,7 +17,7 @@
 //! | 1 | `Request` | source → destination | stream encoding u8 ([`StreamEncoding`]: 0 plain, 1 zstd), token length u8 (1..=64), token, endorsement (64), VM spec: UTF-8 JSON, the rest of the body (1..=[`MAX_SPEC`] bytes) |
 //! | 2 | `Ready` | destination → source | empty |
 //! | 3 | `Refused` | destination → source | UTF-8 reason, the whole body (at most 256 bytes) |
-//! | 4 | `Done` | destination → source | running u8 (0 or 1), UTF-8 detail (at most 256 bytes) |
+//! | 4 | `Done` | destination → source | running u8 (0 or 1), resumed u64 (when the guest resumed here: QEMU's `RESUME` timestamp, Unix µs; 0 unknown), UTF-8 detail (at most 256 bytes) |
 //!
 //! After `Ready` the source → destination direction carries QEMU's migration stream in the
 //! request's encoding (`crate::migrate_stream`) until the source closes its writing side; the destination → source direction carries
@@ -53,7 +53,7 @@ pub enum MigrateMsg {
     Request { encoding: StreamEncoding, token: Vec<u8>, endorsement: [u8; 64], spec: String },
     Ready,
     Refused { reason: String },
-    Done { running: bool, detail: String },
+    Done { running: bool, resumed_unix_us: u64, detail: String },
 }
 
 /// Why bytes are not a migration message.
@@ -123,8 +123,9 @@ impl MigrateMsg {
             }
             MigrateMsg::Ready => {}
             MigrateMsg::Refused { reason } => body.extend_from_slice(cut(reason, MAX_TEXT).as_bytes()),
-            MigrateMsg::Done { running, detail } => {
+            MigrateMsg::Done { running, resumed_unix_us, detail } => {
                 body.push(u8::from(*running));
+                body.extend_from_slice(&resumed_unix_us.to_le_bytes());
                 body.extend_from_slice(cut(detail, MAX_TEXT).as_bytes());
             }
         }
@@ -187,15 +188,16 @@ impl MigrateMsg {
             }
             3 => MigrateMsg::Refused { reason: text(body, "refusal reason")? },
             4 => {
-                let Some(&flag) = body.first() else {
-                    return Err(MigrateWireError::Body { kind, len: 0, want: 1 });
-                };
-                let running = match flag {
+                if body.len() < 9 {
+                    return Err(MigrateWireError::Body { kind, len: body.len(), want: 9 });
+                }
+                let running = match body[0] {
                     0 => false,
                     1 => true,
                     f => return Err(MigrateWireError::Flag(f)),
                 };
-                MigrateMsg::Done { running, detail: text(&body[1..], "detail")? }
+                let resumed_unix_us = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
+                MigrateMsg::Done { running, resumed_unix_us, detail: text(&body[9..], "detail")? }
             }
             k => return Err(MigrateWireError::UnknownType(k)),
         })
@@ -246,8 +248,8 @@ mod tests {
             MigrateMsg::Ready,
             MigrateMsg::Refused { reason: "the grant does not check: BadEndorsement".into() },
             MigrateMsg::Refused { reason: String::new() },
-            MigrateMsg::Done { running: true, detail: "running".into() },
-            MigrateMsg::Done { running: false, detail: String::new() },
+            MigrateMsg::Done { running: true, resumed_unix_us: 1_796_000_000_123_456, detail: "running".into() },
+            MigrateMsg::Done { running: false, resumed_unix_us: 0, detail: String::new() },
         ]
     }
 
@@ -306,7 +308,7 @@ mod tests {
         let body = (r.len() - HEADER_LEN) as u16;
         r[6..8].copy_from_slice(&body.to_le_bytes());
         assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Spec(0)));
-        let mut d = MigrateMsg::Done { running: true, detail: String::new() }.encode();
+        let mut d = MigrateMsg::Done { running: true, resumed_unix_us: 7, detail: String::new() }.encode();
         d[HEADER_LEN] = 2;
         assert_eq!(MigrateMsg::decode(&d), Err(MigrateWireError::Flag(2)));
         let mut f = MigrateMsg::Refused { reason: "ab".into() }.encode();

@@ -155,8 +155,12 @@ pub struct MigrationStatus {
     pub grant_ms: Option<f64>,
     /// Request until the destination answered `Ready`, ms.
     pub ready_ms: Option<f64>,
-    /// QEMU's downtime of the switch-over, ms.
+    /// QEMU's downtime of the switch-over, ms: ends when the source has written its last byte.
     pub downtime_ms: Option<u64>,
+    /// The guest's pause, ms: from the source QEMU's `STOP` to the destination QEMU's `RESUME`
+    /// (event timestamps, so the two nodes' wall clocks: exact on one host, off by their skew
+    /// otherwise).
+    pub guest_pause_ms: Option<f64>,
     /// QEMU's `total-time`, ms.
     pub qemu_total_ms: Option<u64>,
     /// Request until the destination said the guest runs there, ms.
@@ -313,6 +317,7 @@ impl Migrations {
             grant_ms: None,
             ready_ms: None,
             downtime_ms: None,
+            guest_pause_ms: None,
             qemu_total_ms: None,
             total_ms: None,
             elapsed_ms: 0.0,
@@ -491,15 +496,19 @@ impl Migrations {
         let mut done = Abort(tokio::spawn(async move { read_msg(&mut mr).await }));
 
         let c = m.qmp(name).await.map_err(|e| after(vm_err(name)(e.to_string())))?;
+        let mut events = c.subscribe();
         let t_mig = Instant::now();
         let mut pumped = None;
         let progress = loop {
             let v =
                 c.execute_value(qapi::qmp::query_migrate {}).await.map_err(|e| after(vm_err(name)(e.to_string())))?;
-            let p = MigrationProgress::from_value(&v);
+            let mut p = MigrationProgress::from_value(&v);
             self.update(name, |s| s.progress = Some(p.clone()));
             match p.status.as_str() {
-                "completed" => break p,
+                "completed" => {
+                    p.stopped_unix_us = ppn_vm::migrate::last_event_at(&mut events, "STOP");
+                    break p;
+                }
                 "failed" | "cancelled" => {
                     let why = p.error.clone().unwrap_or_else(|| "no error given".into());
                     return Err(after(vm_err(name)(format!("QEMU's migration {}: {why}", p.status))));
@@ -528,7 +537,10 @@ impl Migrations {
         self.update(name, |s| s.phase = Phase::Switching);
         let answer = tokio::time::timeout(DONE_TIMEOUT, &mut done.0).await;
         match answer {
-            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: true, .. })))) => {
+            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: true, resumed_unix_us, .. })))) => {
+                let resumed = (resumed_unix_us > 0).then_some(resumed_unix_us);
+                let pause = ppn_vm::migrate::pause_ms(progress.stopped_unix_us, resumed);
+                self.update(name, |s| s.guest_pause_ms = pause);
                 // The destination read the whole stream, so the pump has ended.
                 let stream = match pumped {
                     Some(s) => Some(s),
@@ -537,7 +549,7 @@ impl Migrations {
                 self.update(name, |s| s.stream = stream);
                 Ok(SourceEnd::Completed { progress })
             }
-            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: false, detail })))) => {
+            Ok(Ok(Ok(Ok(MigrateMsg::Done { running: false, detail, .. })))) => {
                 Err(after(MigrationError::Refused(format!("{to} could not run the guest: {detail}"))))
             }
             other => Err(after(stream_err(format!("no Done from the destination after the switch-over: {other:?}")))),
@@ -566,15 +578,18 @@ impl Migrations {
         };
         let outcome = self.receive(&name, port, encoding, &mut mr, &mut mw).await;
         match outcome {
-            Ok(()) => {
+            Ok(resumed) => {
                 self.vms_event(format!("{name} arrived from {peer} and runs here"));
-                let _ = mw.write_all(&MigrateMsg::Done { running: true, detail: "running".into() }.encode()).await;
+                let done =
+                    MigrateMsg::Done { running: true, resumed_unix_us: resumed.unwrap_or(0), detail: "running".into() };
+                let _ = mw.write_all(&done.encode()).await;
                 let _ = mw.shutdown().await;
                 self.cover_leases(&name).await;
             }
             Err(detail) => {
                 self.vms_event(format!("incoming migration of {name} from {peer} failed: {detail}"));
-                let _ = mw.write_all(&MigrateMsg::Done { running: false, detail: detail.clone() }.encode()).await;
+                let done = MigrateMsg::Done { running: false, resumed_unix_us: 0, detail: detail.clone() };
+                let _ = mw.write_all(&done.encode()).await;
                 let _ = mw.shutdown().await;
                 let _ = self.vms.destroy(&name).await;
             }
@@ -639,7 +654,7 @@ impl Migrations {
         encoding: StreamEncoding,
         mr: &mut ReadHalf<MeshStream>,
         mw: &mut WriteHalf<MeshStream>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<u64>, String> {
         let t0 = Instant::now();
         let qemu = loop {
             let sock = TcpSocket::new_v4().and_then(|s| s.set_send_buffer_size(LOOPBACK_BUFFER).map(|()| s));
@@ -651,37 +666,22 @@ impl Migrations {
             }
         };
         let _ = qemu.set_nodelay(true);
+        // One monitor connection for the rest, subscribed before the stream can end, so that the
+        // guest's `RESUME` is seen.
+        let c = self.vms.manager.qmp(name).await.map_err(|e| e.to_string())?;
+        let mut events = c.subscribe();
         mw.write_all(&MigrateMsg::Ready.encode()).await.map_err(|e| format!("answering Ready: {e}"))?;
         let (_qr, qw) = qemu.into_split();
         let got = migrate_stream::receive(mr, qw, encoding)
             .await
             .map_err(|e| format!("the {} stream into the destination QEMU: {e}", encoding.name()))?;
-        let n = got.stream_bytes;
         // The source closed its side: the stream is whole if QEMU loads it and runs.
-        let t1 = Instant::now();
-        loop {
-            match self.vms.manager.state(name).await {
-                Ok(s) => match s.label().as_str() {
-                    "running" => break,
-                    "paused" => {
-                        if let Ok(c) = self.vms.manager.qmp(name).await {
-                            let _ = c.execute(qapi::qmp::cont {}).await;
-                        }
-                    }
-                    "dead" | "stopped" => {
-                        return Err(format!("destination QEMU exited after {n} bytes: {}", self.qemu_log_tail(name)));
-                    }
-                    _ => {}
-                },
-                Err(e) => return Err(e.to_string()),
-            }
-            if t1.elapsed() > DONE_TIMEOUT {
-                return Err(format!("destination QEMU not running {DONE_TIMEOUT:?} after the stream ended"));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let resumed = ppn_vm::migrate::wait_resumed(&c, &mut events, DONE_TIMEOUT).await.map_err(|e| {
+            format!("destination QEMU after {} bytes: {e}; its log: {}", got.stream_bytes, self.qemu_log_tail(name))
+        })?;
+        drop(c);
         self.vms.watch_agent(name);
-        Ok(())
+        Ok(resumed)
     }
 
     fn qemu_log_tail(&self, name: &str) -> String {

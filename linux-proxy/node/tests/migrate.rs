@@ -13,7 +13,6 @@ use ppn_node::fleet::{self, Fleet};
 
 mod common;
 use common::{guest_image, start};
-use ppn_vm::agent::{ClockSample, frozen_ms};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -124,18 +123,11 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     let last_src = seen.iter().filter(|s| s.0 == 1).map(|s| s.1).max().expect("reports from the source");
     let first_dst = seen.iter().find(|s| s.0 == 0).expect("reports from the destination");
     assert!(first_dst.1 > last_src, "destination's first counter {} <= source's last {last_src}", first_dst.1);
-    // The agent-based estimate of how long the guest was frozen (ppn_vm::agent::frozen_ms): the
-    // growth of the least host-minus-guest clock offset from the source's reports to the
-    // destination's. Through the nodes' report paths it is biased by tens of ms either way
-    // (docs/migration.md, Numbers), so it is only a bound here, not the pause.
-    let clock = |node: usize| -> Vec<ClockSample> {
-        seen.iter().filter(|s| s.0 == node).map(|s| ClockSample { guest_ns: s.3, host_unix_us: s.2 }).collect()
-    };
-    let pause_ms = frozen_ms(&clock(1), &clock(0)).expect("reports on both sides");
     let max_gap_ms = seen.windows(2).map(|w| (w[1].2 - w[0].2) as f64 / 1e3).fold(0.0, f64::max);
     let downtime = status["downtime_ms"].as_u64().expect("QEMU's downtime");
+    let pause_ms = status["guest_pause_ms"].as_f64().expect("the guest's pause (STOP to RESUME)");
     eprintln!(
-        "downtime {downtime} ms (limit {limit_ms}), guest frozen {pause_ms:.1} ms, total {} ms, QEMU total {} ms, \
+        "downtime {downtime} ms (limit {limit_ms}), guest paused {pause_ms:.1} ms, total {} ms, QEMU total {} ms, \
          stream {} ({}); {} reports followed, largest gap between two seen by the hosts {max_gap_ms:.1} ms; \
          source's last counter {last_src}, destination's first {}",
         status["total_ms"],
@@ -148,9 +140,12 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     // QEMU's downtime: the limit is its target; with TCG on two loaded cores it overshoots, but
     // not by an order of magnitude.
     assert!(downtime < 10 * limit_ms, "downtime {downtime} ms");
-    // A stall of the stream or of the destination's start shows as hundreds of ms; the estimate
-    // read 43-78 ms in this debug build.
-    assert!(pause_ms.abs() < 5.0 * limit_ms as f64, "the guest was frozen {pause_ms:.1} ms (estimate)");
+    // The guest's pause, the source QEMU's STOP to the destination's RESUME: QEMU's downtime
+    // (until the source wrote its last byte) plus the tail of the stream through the tunnel and
+    // the destination's load. A release build measures 20-40 ms (docs/migration.md); this
+    // debug build on two loaded cores gets 5x the limit.
+    assert!(pause_ms + 2.0 >= downtime as f64, "paused {pause_ms:.1} ms, less than QEMU's downtime {downtime} ms");
+    assert!(pause_ms < 5.0 * limit_ms as f64, "the guest was paused {pause_ms:.1} ms");
     assert_eq!(status["encoding"], "zstd");
     let stream = &status["stream"];
     assert!(stream["wire_bytes"].as_u64() < stream["stream_bytes"].as_u64(), "{stream}");

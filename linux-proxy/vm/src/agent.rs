@@ -40,46 +40,11 @@ pub struct Received {
     pub at: Instant,
 }
 
-/// One report as a clock reading: the guest's monotonic time when it wrote the report, and the
-/// host's wall clock (Unix µs) when it arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClockSample {
-    pub guest_ns: u64,
-    pub host_unix_us: u64,
-}
-
-impl ClockSample {
-    pub fn of(r: &Received) -> Self {
-        Self { guest_ns: r.report.monotonic_ns, host_unix_us: unix_us(r.at) }
-    }
-
-    /// Host time minus guest time, ns: grows by exactly the time the guest was frozen (its
-    /// monotonic clock stops with the VM under TCG: QEMU stops the virtual clock), plus
-    /// however late the report arrived.
-    fn offset_ns(&self) -> i128 {
-        i128::from(self.host_unix_us) * 1000 - i128::from(self.guest_ns)
-    }
-}
-
 /// The host's wall clock at `at`, Unix µs.
 pub fn unix_us(at: Instant) -> u64 {
     let age = at.elapsed();
     let then = std::time::SystemTime::now().checked_sub(age).unwrap_or(std::time::UNIX_EPOCH);
     then.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
-/// How long a guest was frozen between two sets of reports (ms): the growth of the least
-/// host-minus-guest offset. A report's offset is the frozen time so far plus its delivery
-/// delay; the least offset of a set is its quickest delivery, so queueing, a host that polls
-/// now and then and a reconnect to the agent socket drop out, and what is left is the time the
-/// guest's clock stood still while the host's ran (a migration's real downtime as the guest
-/// lived it). That holds only if both sets' quickest deliveries took about as long: a report
-/// path with a standing lag (seen on one node's `vm-agent` after a migration, ~36 ms) shifts the
-/// result by that lag (docs/migration.md, Numbers). `None` when a set is empty.
-pub fn frozen_ms(before: &[ClockSample], after: &[ClockSample]) -> Option<f64> {
-    let least = |s: &[ClockSample]| s.iter().map(ClockSample::offset_ns).min();
-    let (b, a) = (least(before)?, least(after)?);
-    Some((a - b) as f64 / 1e6)
 }
 
 /// A connection to a VM's agent socket yielding decoded reports.
@@ -244,28 +209,6 @@ mod tests {
         let s = writer.await.unwrap();
         drop(s);
         assert!(matches!(a.next_report(Duration::from_secs(2)).await, Err(AgentError::Closed { .. })));
-    }
-
-    #[test]
-    fn frozen_time_is_the_growth_of_the_least_offset() {
-        // Guest writes every 10 ms; delivery takes 0.2 ms plus some queueing.
-        let sample = |guest_ms: u64, host_ms: f64| ClockSample {
-            guest_ns: guest_ms * 1_000_000,
-            host_unix_us: (1_700_000_000_000.0 + host_ms * 1e3) as u64,
-        };
-        let before: Vec<_> = (0..50).map(|i| sample(i * 10, i as f64 * 10.0 + 0.2 + (i % 7) as f64)).collect();
-        // Frozen 37 ms after guest time 490: every later report is 37 ms later on the host;
-        // the first ones after the switch arrive late (a reconnect), the rest quickly.
-        let after: Vec<_> = (50..100)
-            .map(|i| sample(i * 10, i as f64 * 10.0 + 37.0 + 0.2 + if i < 55 { 120.0 } else { (i % 5) as f64 }))
-            .collect();
-        let f = frozen_ms(&before, &after).unwrap();
-        assert!((f - 37.0).abs() < 0.01, "{f}");
-        // Not frozen: nothing grows.
-        let f0 = frozen_ms(&before[..25], &before[25..]).unwrap();
-        assert!(f0.abs() < 0.01, "{f0}");
-        assert_eq!(frozen_ms(&[], &after), None);
-        assert_eq!(frozen_ms(&before, &[]), None);
     }
 
     #[tokio::test]

@@ -75,6 +75,55 @@ pub struct MigrationProgress {
     pub total_time_ms: Option<u64>,
     pub setup_time_ms: Option<u64>,
     pub error: Option<String>,
+    /// When the source stopped the guest for the switch-over: QEMU's `STOP` event timestamp,
+    /// Unix µs (not part of `query-migrate`; set by whoever watched the source's events).
+    #[serde(default)]
+    pub stopped_unix_us: Option<u64>,
+}
+
+/// The timestamp (Unix µs) of the last `name` event already received on `rx`.
+pub fn last_event_at(rx: &mut tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>, name: &str) -> Option<u64> {
+    let mut at = None;
+    loop {
+        match rx.try_recv() {
+            Ok(e) if e.name == name => at = Some(e.timestamp_us),
+            Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => return at,
+        }
+    }
+}
+
+/// The guest's pause across a migration, ms: from the source's `STOP` to the destination's
+/// `RESUME` (both QEMU event timestamps, so both hosts' wall clocks: exact on one host, off by
+/// their skew across hosts). `None` when either is unknown or they are out of order.
+pub fn pause_ms(stopped_unix_us: Option<u64>, resumed_unix_us: Option<u64>) -> Option<f64> {
+    let (s, r) = (stopped_unix_us?, resumed_unix_us?);
+    (r >= s).then(|| (r - s) as f64 / 1e3)
+}
+
+/// On the destination, after the stream ended: polls `c` until its guest runs (`cont` if QEMU
+/// loaded it paused) and returns when the guest resumed (`RESUME`, Unix µs) if `rx` (subscribed
+/// on `c` before the stream ended) saw it. Errors when QEMU stops answering or `timeout` passes.
+pub async fn wait_resumed(
+    c: &crate::qmp::QmpClient,
+    rx: &mut tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>,
+    timeout: Duration,
+) -> Result<Option<u64>, String> {
+    let t0 = Instant::now();
+    loop {
+        let s = c.query_status().await.map_err(|e| e.to_string())?;
+        match s.status {
+            qmp::RunState::running => return Ok(last_event_at(rx, "RESUME")),
+            qmp::RunState::paused => {
+                c.execute(qmp::cont {}).await.map_err(|e| e.to_string())?;
+            }
+            _ => {}
+        }
+        if t0.elapsed() > timeout {
+            return Err(format!("not running {timeout:?} after the stream ended (status {:?})", s.status));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 impl MigrationProgress {
@@ -95,6 +144,7 @@ impl MigrationProgress {
             total_time_ms: u(top, "total-time"),
             setup_time_ms: u(top, "setup-time"),
             error: v.get("error-desc").and_then(Value::as_str).map(str::to_string),
+            stopped_unix_us: None,
         }
     }
 
@@ -174,13 +224,17 @@ impl VmManager {
         mut progress: impl FnMut(&MigrationProgress),
     ) -> Result<MigrationProgress, MigrateError> {
         let c = self.qmp(name).await?;
+        let mut events = c.subscribe();
         let t0 = Instant::now();
         loop {
             let v = c.execute_value(qmp::query_migrate {}).await.map_err(qmp_err(name))?;
-            let p = MigrationProgress::from_value(&v);
+            let mut p = MigrationProgress::from_value(&v);
             progress(&p);
             match p.status.as_str() {
-                "completed" => return Ok(p),
+                "completed" => {
+                    p.stopped_unix_us = last_event_at(&mut events, "STOP");
+                    return Ok(p);
+                }
                 "failed" | "cancelled" => {
                     return Err(MigrateError::Failed {
                         name: name.into(),
@@ -201,6 +255,15 @@ impl VmManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pause_is_resume_minus_stop_when_both_are_known_and_in_order() {
+        assert_eq!(pause_ms(Some(1_000_000), Some(1_012_500)), Some(12.5));
+        assert_eq!(pause_ms(Some(5), Some(5)), Some(0.0));
+        assert_eq!(pause_ms(None, Some(5)), None);
+        assert_eq!(pause_ms(Some(5), None), None);
+        assert_eq!(pause_ms(Some(6), Some(5)), None, "a resume before the stop is a clock skew, not a pause");
+    }
 
     #[test]
     fn progress_from_qemu_7_2_reply() {

@@ -86,7 +86,9 @@ async fn boot_grow_shrink_balloon_reattach_destroy() {
     eprintln!("balloon to 192 MiB in {took:?}; MemTotal {} KiB", inflated.report.mem_total_kib);
     m.set_balloon(name, 256).await.unwrap();
     m.wait_balloon(name, 256, Duration::from_secs(20)).await.unwrap();
-    assert_eq!(m.info(name).await.unwrap().memory.unwrap().balloon_actual_mib, Some(256));
+    // Within wait_balloon's 2 MiB: the guest may still be returning the last pages.
+    let actual = m.info(name).await.unwrap().memory.unwrap().balloon_actual_mib;
+    assert!(actual.is_some_and(|a| a.abs_diff(256) <= 2), "balloon actual {actual:?} MiB");
 
     // The managing process goes away; the VM keeps running; a new manager re-attaches.
     let last_counter = agent.last().unwrap().counter;

@@ -11,25 +11,19 @@
 //!   proxy said the guest runs there (grant, destination QEMU start, stream, switch-over).
 //! - `raw_total_ms`: the plain migration from starting the destination QEMU (`-incoming
 //!   defer`) until it runs the guest: the same steps without the grant and the tunnel.
-//! - `guest_pause_ms`, `raw_guest_pause_ms`: how long each guest was frozen, estimated from its
-//!   agent's reports before and after the move (`ppn_vm::agent::frozen_ms`): QEMU's downtime
-//!   ends when the source has written its last byte, this when the destination runs the guest.
-//!   The raw estimate reads both QEMUs' agent sockets directly and grows by 13-20 ms a round,
-//!   as it should. The fabric's reads them through each node's `vm-agent`, and there the
-//!   estimate flips sign with the direction (+36 ms from node 1 to 0, -36 ms back): one node's
-//!   reports arrive with a standing lag the other's do not have, so the fabric's figure is not
-//!   the pause (docs/migration.md, Open problems).
+//! - `guest_pause_ms`, `raw_guest_pause_ms`: how long each guest was paused: from the source
+//!   QEMU's `STOP` event to the destination QEMU's `RESUME` (their timestamps; one host here).
+//!   QEMU's downtime ends when the source has written its last byte; the pause ends when the
+//!   destination runs the guest.
 
 use crate::vm::On;
 use ppn_node::fleet::{self, UpOptions};
-use ppn_vm::agent::{AgentStream, ClockSample, frozen_ms};
+use ppn_vm::agent::AgentStream;
 use ppn_vm::migrate::MigrationParams;
 use ppn_vm::{VmManager, VmSpec};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Size of the (unplugged) virtio-mem region of both guests, MiB.
@@ -102,41 +96,6 @@ async fn first_report(agent: &Path) -> Result<u64, String> {
     }
 }
 
-/// Reports of a guest's agent read from its socket until `stop` (or the socket ends).
-async fn sample_socket(agent: PathBuf, stop: &AtomicBool, at_least: usize) -> Vec<ClockSample> {
-    let mut out = Vec::new();
-    let t0 = Instant::now();
-    let Ok(mut s) = AgentStream::connect(&agent, Duration::from_secs(10)).await else { return out };
-    while !(stop.load(Ordering::Relaxed) && out.len() >= at_least) && t0.elapsed() < MIGRATE_LIMIT {
-        match s.next_report(Duration::from_millis(100)).await {
-            Ok(r) => out.push(ClockSample::of(&r)),
-            Err(ppn_vm::agent::AgentError::Timeout { .. }) => {}
-            Err(_) => break,
-        }
-    }
-    out
-}
-
-/// Reports of a guest's agent as a node's `vm-agent` gives them (each new one once), polled
-/// until `stop` and at least `at_least` are in.
-fn sample_node(on: &On, name: &str, stop: &AtomicBool, at_least: usize) -> Vec<ClockSample> {
-    let mut out: Vec<ClockSample> = Vec::new();
-    let t0 = Instant::now();
-    while !(stop.load(Ordering::Relaxed) && out.len() >= at_least) && t0.elapsed() < MIGRATE_LIMIT {
-        if let Ok(v) = on.call(json!({ "op": "vm-agent", "name": name }))
-            && let (Some(g), Some(h)) = (v["agent"]["guest_ns"].as_u64(), v["agent"]["at_unix_us"].as_u64())
-            && out.last().is_none_or(|l| l.guest_ns != g)
-        {
-            out.push(ClockSample { guest_ns: g, host_unix_us: h });
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    out
-}
-
-/// Reports after the switch-over that the pause is measured on (10 ms apart).
-const AFTER_REPORTS: usize = 40;
-
 /// One raw migration: QEMU `from` (running) to a new QEMU `to` on loopback.
 struct RawRound {
     total_ms: f64,
@@ -155,42 +114,32 @@ async fn raw_round(m: &VmManager, spec: &VmSpec, from: &str, to: &str) -> Result
         max_bandwidth: ppn_node::migration::DEFAULT_MAX_BANDWIDTH,
     };
     m.set_migration_params(from, params).await.map_err(|e| e.to_string())?;
-    let agent = |n: &str| m.paths(n).map(|p| p.agent()).map_err(|e| e.to_string());
-    let src_done = Arc::new(AtomicBool::new(false));
-    let before = tokio::spawn({
-        let (agent, stop) = (agent(from)?, Arc::clone(&src_done));
-        async move { sample_socket(agent, &stop, 0).await }
-    });
-    // A few reports in before the clock starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     m.start_incoming(to).await.map_err(|e| e.to_string())?;
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let uri = format!("tcp:127.0.0.1:{port}");
     m.migrate_incoming(to, &uri).await.map_err(|e| e.to_string())?;
+    // The destination's monitor, subscribed before the stream starts: its `RESUME`.
+    let c = m.qmp(to).await.map_err(|e| e.to_string())?;
+    let mut events = c.subscribe();
     m.migrate_start(from, &uri).await.map_err(|e| e.to_string())?;
     let p = m
         .wait_migration(from, MIGRATE_LIMIT, Duration::from_millis(25), |_| {})
         .await
         .map_err(|e| format!("raw migration: {e}"))?;
-    while !m.state(to).await.is_ok_and(|s| s.label() == "running") {
-        if t0.elapsed() > MIGRATE_LIMIT {
-            return Err("the raw destination never ran".into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let resumed = ppn_vm::migrate::wait_resumed(&c, &mut events, MIGRATE_LIMIT)
+        .await
+        .map_err(|e| format!("the raw destination: {e}"))?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
-    src_done.store(true, Ordering::Relaxed);
-    let before = before.await.unwrap_or_default();
-    let after = sample_socket(agent(to)?, &AtomicBool::new(true), AFTER_REPORTS).await;
+    drop(c);
     m.destroy(from).await.map_err(|e| e.to_string())?;
     Ok(RawRound {
         total_ms,
         downtime_ms: p.downtime_ms,
         qemu_total_ms: p.total_time_ms,
         transferred_mib: p.transferred_bytes >> 20,
-        pause_ms: frozen_ms(&before, &after),
+        pause_ms: ppn_vm::migrate::pause_ms(p.stopped_unix_us, resumed),
     })
 }
 
@@ -206,25 +155,17 @@ fn fabric_round(
     let (src, dst) = (on(from), on(to));
     let req = json!({ "op": "vm-migrate", "name": name, "to": f.nodes[to].node_id,
         "downtime_ms": DOWNTIME_LIMIT_MS, "encoding": encoding });
-    let stop = AtomicBool::new(false);
-    let (st, before) = std::thread::scope(|sc| {
-        let sampler = sc.spawn(|| sample_node(&src, name, &stop, 0));
-        std::thread::sleep(Duration::from_millis(200));
-        let st = crate::vm::migrate(&src, req, false);
-        stop.store(true, Ordering::Relaxed);
-        (st, sampler.join().unwrap_or_default())
-    });
-    let st = st?;
+    let st = crate::vm::migrate(&src, req, false)?;
     if st["phase"] != "completed" {
         return Err(format!("the fabric migration from node {from} to node {to}: {st}"));
     }
-    let after = sample_node(&dst, name, &AtomicBool::new(true), AFTER_REPORTS);
     let listed = dst.call(json!({ "op": "vm-list" }))?;
     let running = listed["vms"].as_array().into_iter().flatten().any(|v| v["name"] == name && v["state"] == "running");
     if !running {
         return Err(format!("after the migration node {to} lists {listed}"));
     }
-    Ok((st, frozen_ms(&before, &after)))
+    let pause = st["guest_pause_ms"].as_f64();
+    Ok((st, pause))
 }
 
 /// The median of what is there (`None` for none).
