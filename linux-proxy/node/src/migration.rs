@@ -676,7 +676,7 @@ impl Migrations {
             .await
             .map_err(|e| format!("the {} stream into the destination QEMU: {e}", encoding.name()))?;
         // The source closed its side: the stream is whole if QEMU loads it and runs.
-        let resumed = ppn_vm::migrate::wait_resumed(&c, &mut events, DONE_TIMEOUT).await.map_err(|e| {
+        let resumed = ppn_vm::migrate::wait_resumed(&c, &mut events, name, DONE_TIMEOUT).await.map_err(|e| {
             format!("destination QEMU after {} bytes: {e}; its log: {}", got.stream_bytes, self.qemu_log_tail(name))
         })?;
         drop(c);
@@ -743,9 +743,11 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
             // The latest guest agent report of a VM here, with when it arrived (wall clock):
             // cheap (no QMP), for following a guest across a migration.
             let view = node.vms.agent(name).ok_or_else(|| format!("no guest agent report of {name} here"))?;
-            let at_unix_us = view.at.map(ppn_vm::agent::unix_us).unwrap_or(0);
+            let age = view.at.map(|t| t.elapsed()).unwrap_or_default();
+            let at = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+            let at_unix_us = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
             return Ok(serde_json::json!({ "ok": true, "agent": { "counter": view.counter,
-                "guest_ns": view.guest_ns, "mem_total_kib": view.mem_total_kib, "at_unix_us": at_unix_us } }));
+                "mem_total_kib": view.mem_total_kib, "at_unix_us": at_unix_us } }));
         }
         _ => node.migrations.status(name).ok_or_else(|| format!("no migration of {name} from this node"))?,
     };

@@ -67,8 +67,6 @@ pub struct BorrowedLease {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct AgentView {
     pub counter: u64,
-    /// The guest's monotonic time at the report, ns since the agent started.
-    pub guest_ns: u64,
     pub mem_total_kib: u64,
     pub mem_available_kib: u64,
     /// Milliseconds since the report arrived.
@@ -248,7 +246,6 @@ impl VmPlane {
                 while let Ok(r) = stream.next_report(Duration::from_secs(5)).await {
                     let view = AgentView {
                         counter: r.report.counter,
-                        guest_ns: r.report.monotonic_ns,
                         mem_total_kib: r.report.mem_total_kib,
                         mem_available_kib: r.report.mem_available_kib,
                         at: Some(r.at),

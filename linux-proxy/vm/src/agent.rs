@@ -40,13 +40,6 @@ pub struct Received {
     pub at: Instant,
 }
 
-/// The host's wall clock at `at`, Unix µs.
-pub fn unix_us(at: Instant) -> u64 {
-    let age = at.elapsed();
-    let then = std::time::SystemTime::now().checked_sub(age).unwrap_or(std::time::UNIX_EPOCH);
-    then.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
 /// A connection to a VM's agent socket yielding decoded reports.
 #[derive(Debug)]
 pub struct AgentStream {

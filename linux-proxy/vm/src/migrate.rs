@@ -101,26 +101,32 @@ pub fn pause_ms(stopped_unix_us: Option<u64>, resumed_unix_us: Option<u64>) -> O
     (r >= s).then(|| (r - s) as f64 / 1e3)
 }
 
-/// On the destination, after the stream ended: polls `c` until its guest runs (`cont` if QEMU
-/// loaded it paused) and returns when the guest resumed (`RESUME`, Unix µs) if `rx` (subscribed
-/// on `c` before the stream ended) saw it. Errors when QEMU stops answering or `timeout` passes.
+/// On the destination `name`, after the stream ended: polls `c` (its monitor) until the guest
+/// runs (`cont` if QEMU loaded it paused) and returns when the guest resumed (`RESUME`, Unix µs)
+/// if `rx` (subscribed on `c` before the stream ended) saw it. Errors when QEMU stops answering
+/// or `timeout` passes.
 pub async fn wait_resumed(
     c: &crate::qmp::QmpClient,
     rx: &mut tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>,
+    name: &str,
     timeout: Duration,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, MigrateError> {
     let t0 = Instant::now();
     loop {
-        let s = c.query_status().await.map_err(|e| e.to_string())?;
+        let s = c.query_status().await.map_err(qmp_err(name))?;
         match s.status {
             qmp::RunState::running => return Ok(last_event_at(rx, "RESUME")),
             qmp::RunState::paused => {
-                c.execute(qmp::cont {}).await.map_err(|e| e.to_string())?;
+                c.execute(qmp::cont {}).await.map_err(qmp_err(name))?;
             }
             _ => {}
         }
         if t0.elapsed() > timeout {
-            return Err(format!("not running {timeout:?} after the stream ended (status {:?})", s.status));
+            return Err(MigrateError::WrongState {
+                name: name.into(),
+                state: format!("{:?} {timeout:?} after the stream ended", s.status),
+                expected: "running",
+            });
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

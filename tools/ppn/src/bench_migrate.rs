@@ -128,7 +128,7 @@ async fn raw_round(m: &VmManager, spec: &VmSpec, from: &str, to: &str) -> Result
         .wait_migration(from, MIGRATE_LIMIT, Duration::from_millis(25), |_| {})
         .await
         .map_err(|e| format!("raw migration: {e}"))?;
-    let resumed = ppn_vm::migrate::wait_resumed(&c, &mut events, MIGRATE_LIMIT)
+    let resumed = ppn_vm::migrate::wait_resumed(&c, &mut events, to, MIGRATE_LIMIT)
         .await
         .map_err(|e| format!("the raw destination: {e}"))?;
     let total_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -143,15 +143,14 @@ async fn raw_round(m: &VmManager, spec: &VmSpec, from: &str, to: &str) -> Result
     })
 }
 
-/// One fabric migration of the guest `name` from node `from` to node `to`: the final status
-/// and the guest's pause.
+/// One fabric migration of the guest `name` from node `from` to node `to`: its final status.
 fn fabric_round(
     f: &fleet::Fleet,
     on: impl Fn(usize) -> On,
     name: &str,
     (from, to): (usize, usize),
     encoding: &str,
-) -> Result<(serde_json::Value, Option<f64>), String> {
+) -> Result<serde_json::Value, String> {
     let (src, dst) = (on(from), on(to));
     let req = json!({ "op": "vm-migrate", "name": name, "to": f.nodes[to].node_id,
         "downtime_ms": DOWNTIME_LIMIT_MS, "encoding": encoding });
@@ -164,8 +163,7 @@ fn fabric_round(
     if !running {
         return Err(format!("after the migration node {to} lists {listed}"));
     }
-    let pause = st["guest_pause_ms"].as_f64();
-    Ok((st, pause))
+    Ok(st)
 }
 
 /// The median of what is there (`None` for none).
@@ -220,13 +218,12 @@ async fn measure(
     for r in 0..rounds {
         let raw = raw_round(&m, spec, RAW[r % 2], RAW[(r + 1) % 2]).await?;
         let hops = if r % 2 == 0 { (1, 0) } else { (0, 1) };
-        let (st, pause) = fabric_round(&f, on, &spec.name, hops, encoding)?;
-        let total_ms = st["total_ms"].as_f64().unwrap_or(f64::NAN);
+        let st = fabric_round(&f, on, &spec.name, hops, encoding)?;
         per_round.push(json!({
             "from": hops.0, "to": hops.1,
             "downtime_ms": st["downtime_ms"], "raw_downtime_ms": raw.downtime_ms,
-            "guest_pause_ms": pause.map(r1), "raw_guest_pause_ms": raw.pause_ms.map(r1),
-            "total_ms": r1(total_ms), "raw_total_ms": r1(raw.total_ms),
+            "guest_pause_ms": st["guest_pause_ms"].as_f64().map(r1), "raw_guest_pause_ms": raw.pause_ms.map(r1),
+            "total_ms": st["total_ms"].as_f64().map(r1), "raw_total_ms": r1(raw.total_ms),
             "qemu_total_ms": st["qemu_total_ms"], "raw_qemu_total_ms": raw.qemu_total_ms,
             "grant_ms": st["grant_ms"], "ready_ms": st["ready_ms"],
             "transferred_mib": st["progress"]["transferred_bytes"].as_u64().unwrap_or(0) >> 20,
@@ -234,15 +231,15 @@ async fn measure(
             "wire_mib": r1(st["stream"]["wire_bytes"].as_f64().unwrap_or(f64::NAN) / f64::from(1 << 20)),
         }));
         raws.push(raw);
-        fabs.push((st, pause, total_ms));
+        fabs.push(st);
     }
     let med = |xs: Vec<f64>| median(xs).map(r1);
-    let total = median(fabs.iter().map(|x| x.2).collect()).unwrap_or(f64::NAN);
+    let fab = |k: &str| fabs.iter().filter_map(|st| st[k].as_f64()).collect::<Vec<_>>();
+    let total = median(fab("total_ms")).unwrap_or(f64::NAN);
     let raw_total = median(raws.iter().map(|x| x.total_ms).collect()).unwrap_or(f64::NAN);
-    let as_f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     Ok(json!({
-        "downtime_ms": med(fabs.iter().map(|x| as_f(&x.0["downtime_ms"])).collect()),
-        "guest_pause_ms": med(fabs.iter().filter_map(|x| x.1).collect()),
+        "downtime_ms": med(fab("downtime_ms")),
+        "guest_pause_ms": med(fab("guest_pause_ms")),
         "raw_guest_pause_ms": med(raws.iter().filter_map(|x| x.pause_ms).collect()),
         "total_ms": r1(total),
         "raw_total_ms": r1(raw_total),
