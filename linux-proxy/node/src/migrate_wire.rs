@@ -7,7 +7,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `PPNM` |
-//! | 4 | 1 | version `2` |
+//! | 4 | 1 | version `3` |
 //! | 5 | 1 | type (below) |
 //! | 6 | 2 | body length n (at most [`MAX_BODY`]) |
 //! | 8 | n | body |
@@ -18,11 +18,14 @@
 //! | 2 | `Ready` | destination → source | empty |
 //! | 3 | `Refused` | destination → source | UTF-8 reason, the whole body (at most 256 bytes) |
 //! | 4 | `Done` | destination → source | running u8 (0 or 1), resumed u64 (when the guest resumed here: QEMU's `RESUME` timestamp, Unix µs; 0 unknown), UTF-8 detail (at most 256 bytes) |
+//! | 5 | `Loaded` | destination → source | bytes u64: QEMU stream bytes handed to the destination QEMU so far |
 //!
 //! After `Ready` the source → destination direction carries QEMU's migration stream in the
-//! request's encoding (`crate::migrate_stream`) until the source closes its writing side; the destination → source direction carries
-//! exactly one more message, `Done`, once the destination's QEMU runs the guest (1) or has
-//! failed (0).
+//! request's encoding (`crate::migrate_stream`) until the source closes its writing side. The
+//! destination → source direction carries `Loaded` messages while the stream flows (the
+//! source keeps at most `migrate_stream::WINDOW` bytes of QEMU's stream beyond the last one,
+//! so the stream's pace is the destination QEMU's), then exactly one `Done`, once the
+//! destination's QEMU runs the guest (1) or has failed (0).
 //!
 //! A body of the wrong length for its type, an unknown type or version, a token of a bad
 //! length, a spec or a reason that is not UTF-8, an empty or oversized spec: each is its own
@@ -35,7 +38,7 @@ pub use crate::transport::MIGRATE_PORT;
 
 /// `PPNM`.
 pub const MAGIC: [u8; 4] = *b"PPNM";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The longest spec JSON.
 pub const MAX_SPEC: usize = 4096;
 /// The longest token ([`ppn_wire::service::TOKEN_MAX`]).
@@ -54,6 +57,7 @@ pub enum MigrateMsg {
     Ready,
     Refused { reason: String },
     Done { running: bool, resumed_unix_us: u64, detail: String },
+    Loaded { bytes: u64 },
 }
 
 /// Why bytes are not a migration message.
@@ -63,7 +67,7 @@ pub enum MigrateWireError {
     Short(usize),
     #[error("not a migration message (magic {0:02x?})")]
     Magic([u8; 4]),
-    #[error("migration protocol version {0}; this build speaks 2")]
+    #[error("migration protocol version {0}; this build speaks {VERSION}")]
     Version(u8),
     #[error("migration message body of {0} bytes is over the limit of {MAX_BODY}")]
     TooLong(usize),
@@ -104,6 +108,7 @@ impl MigrateMsg {
             MigrateMsg::Ready => 2,
             MigrateMsg::Refused { .. } => 3,
             MigrateMsg::Done { .. } => 4,
+            MigrateMsg::Loaded { .. } => 5,
         }
     }
 
@@ -128,6 +133,7 @@ impl MigrateMsg {
                 body.extend_from_slice(&resumed_unix_us.to_le_bytes());
                 body.extend_from_slice(cut(detail, MAX_TEXT).as_bytes());
             }
+            MigrateMsg::Loaded { bytes } => body.extend_from_slice(&bytes.to_le_bytes()),
         }
         FRAMING.encode(self.kind(), &body)
     }
@@ -199,6 +205,11 @@ impl MigrateMsg {
                 let resumed_unix_us = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
                 MigrateMsg::Done { running, resumed_unix_us, detail: text(&body[9..], "detail")? }
             }
+            5 => {
+                let bytes: [u8; 8] =
+                    body.try_into().map_err(|_| MigrateWireError::Body { kind, len: body.len(), want: 8 })?;
+                MigrateMsg::Loaded { bytes: u64::from_le_bytes(bytes) }
+            }
             k => return Err(MigrateWireError::UnknownType(k)),
         })
     }
@@ -250,6 +261,8 @@ mod tests {
             MigrateMsg::Refused { reason: String::new() },
             MigrateMsg::Done { running: true, resumed_unix_us: 1_796_000_000_123_456, detail: "running".into() },
             MigrateMsg::Done { running: false, resumed_unix_us: 0, detail: String::new() },
+            MigrateMsg::Loaded { bytes: 0 },
+            MigrateMsg::Loaded { bytes: u64::MAX },
         ]
     }
 
@@ -275,8 +288,8 @@ mod tests {
         m[0] = b'X';
         assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Magic(*b"XPNM")));
         let mut m = ok.clone();
-        m[4] = 1;
-        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Version(1)));
+        m[4] = 2;
+        assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::Version(2)));
         let mut m = ok.clone();
         m[5] = 9;
         assert_eq!(MigrateMsg::decode(&m), Err(MigrateWireError::UnknownType(9)));
@@ -311,6 +324,9 @@ mod tests {
         let mut d = MigrateMsg::Done { running: true, resumed_unix_us: 7, detail: String::new() }.encode();
         d[HEADER_LEN] = 2;
         assert_eq!(MigrateMsg::decode(&d), Err(MigrateWireError::Flag(2)));
+        let mut l = MigrateMsg::Refused { reason: "abc".into() }.encode();
+        l[5] = 5;
+        assert_eq!(MigrateMsg::decode(&l), Err(MigrateWireError::Body { kind: 5, len: 3, want: 8 }));
         let mut f = MigrateMsg::Refused { reason: "ab".into() }.encode();
         f[HEADER_LEN] = 0xFF;
         assert_eq!(MigrateMsg::decode(&f), Err(MigrateWireError::Utf8("refusal reason")));

@@ -13,8 +13,8 @@
 //! Destination: the TCB checks the endorsed token (`Valid`), and the proxy checks its claims
 //! (type `Vm`, issued by the mesh peer that asked, granted to this node, resource id the VM's
 //! id); it creates the VM from the spec (no extra QEMU arguments, kernel and initrd present
-//! here), starts it with `-incoming defer` and `migrate-incoming` on a loopback port, answers
-//! `Ready` and copies the mesh stream into that port. When the stream ends it waits until its
+//! here), starts it with `-incoming defer` and `migrate-incoming` on a unix socket in the VM's
+//! directory, answers `Ready` and copies the mesh stream into that socket. When the stream ends it waits until its
 //! QEMU runs the guest and answers `Done`; a QEMU that died or failed to load is destroyed. The
 //! memory the VM arrives with plugged is then borrowed here from a peer (the source's leases end
 //! with the source's copy); if no peer lends it, it is unplugged.
@@ -31,14 +31,28 @@ use ppn_wire::NodeId;
 use ppn_wire::service::{ResourceType, Verdict};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 /// Default `downtime-limit`, ms.
 pub const DEFAULT_DOWNTIME_MS: u64 = 30;
+/// The part of the operator's downtime limit the source keeps for what follows QEMU's
+/// switch-over on the fabric: the last of the stream crossing the tunnel, and the destination
+/// QEMU loading it and resuming the guest (docs/migration.md). QEMU gets the rest as its own
+/// `downtime-limit`, so that the guest's pause, not only QEMU's downtime, stays within the
+/// operator's limit.
+pub const TAIL_BUDGET_MS: u64 = 10;
+
+/// QEMU's `downtime-limit` for an operator's limit: the limit less [`TAIL_BUDGET_MS`], but not
+/// below a third of it (QEMU must still be able to converge) nor below 1 ms.
+pub fn qemu_downtime_limit(limit_ms: u64) -> u64 {
+    limit_ms.saturating_sub(TAIL_BUDGET_MS).max(limit_ms / 3).max(1)
+}
+
 /// Default `max-bandwidth`, bytes per second: far above what the mesh carries, so the
 /// stream is paced by the tunnel, not by QEMU.
 pub const DEFAULT_MAX_BANDWIDTH: u64 = 8 << 30;
@@ -51,7 +65,7 @@ pub const GRANT_SECS: u64 = 120;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request to `Ready`: the destination checks the grant and starts its QEMU.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// The source QEMU connecting to the proxy's loopback port.
+/// The source QEMU connecting to the proxy's socket.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Source `completed` to the destination's `Done`.
 const DONE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,7 +85,7 @@ pub enum MigrationError {
     Stream { to: NodeId, what: String },
     #[error(transparent)]
     Wire(#[from] MigrateWireError),
-    #[error("loopback port: {0}")]
+    #[error("the socket to QEMU: {0}")]
     Io(#[from] std::io::Error),
     #[error("{name}: {what} after {after:?}")]
     Timeout { name: String, what: &'static str, after: Duration },
@@ -147,7 +161,10 @@ pub struct MigrationStatus {
     pub vm: String,
     pub to: String,
     pub phase: Phase,
+    /// The operator's limit on the guest's pause.
     pub downtime_limit_ms: u64,
+    /// What QEMU was given of it ([`qemu_downtime_limit`]).
+    pub qemu_downtime_limit_ms: u64,
     pub max_bandwidth: u64,
     /// The last `query-migrate` of the source.
     pub progress: Option<MigrationProgress>,
@@ -196,19 +213,63 @@ impl Default for MigrateOptions {
     }
 }
 
-/// Kernel buffer of the proxy's loopback sockets to the QEMUs. Small on purpose: QEMU paces
-/// itself (and estimates the downtime) by how fast its socket drains; megabytes of autotuned
-/// loopback buffering in front of the slower tunnel would be drained only after QEMU stopped
-/// the guest, lengthening the real downtime beyond QEMU's figure.
-const LOOPBACK_BUFFER: u32 = 128 * 1024;
+/// Send buffer of the proxy's socket into the destination QEMU. Small on purpose: the
+/// destination's loading pace must reach the source QEMU, which paces itself (and estimates
+/// the downtime) by how fast its socket drains. A stream queued in front of the destination
+/// QEMU is loaded only after the source stopped the guest, lengthening the guest's pause beyond
+/// QEMU's downtime. A unix stream socket's unread bytes count against the sender's buffer, so
+/// the proxy's setting bounds the queue whatever QEMU's own.
+const QEMU_SOCKET_BUFFER: usize = 128 * 1024;
 
-/// The source's loopback listener for its QEMU, with [`LOOPBACK_BUFFER`] (the accepted
-/// connection inherits it).
-fn small_listener() -> std::io::Result<TcpListener> {
-    let sock = TcpSocket::new_v4()?;
-    sock.set_recv_buffer_size(LOOPBACK_BUFFER)?;
-    sock.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    sock.listen(1)
+/// Both legs between a proxy and its QEMU are unix sockets in the VM's directory (docs/vm.md):
+/// no other local user can connect to them, unlike a loopback port, and they need no port.
+///
+/// The source's listener for its QEMU's stream; a stale socket file is replaced.
+fn outgoing_listener(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    UnixListener::bind(path)
+}
+
+/// Connects to the destination QEMU's incoming socket with [`QEMU_SOCKET_BUFFER`].
+fn connect_incoming(path: &Path) -> std::io::Result<UnixStream> {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    s.set_send_buffer_size(QEMU_SOCKET_BUFFER)?;
+    s.connect(&socket2::SockAddr::unix(path)?)?;
+    s.set_nonblocking(true)?;
+    UnixStream::from_std(std::os::unix::net::UnixStream::from(s))
+}
+
+/// The source reads the destination's messages after `Ready`: each `Loaded` count goes to
+/// `loaded` (a count lower than the last is ignored: it can only slow the stream), and the
+/// first other message, or error, is the destination's answer.
+async fn answer_after_stream<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    loaded: tokio::sync::watch::Sender<u64>,
+) -> std::io::Result<Result<MigrateMsg, MigrateWireError>> {
+    loop {
+        match read_msg(r).await? {
+            Ok(MigrateMsg::Loaded { bytes }) => {
+                loaded.send_if_modified(|last| {
+                    let more = bytes > *last;
+                    *last = (*last).max(bytes);
+                    more
+                });
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Removes a socket file when dropped.
+struct Unlink(PathBuf);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Aborts a task when dropped.
@@ -312,6 +373,7 @@ impl Migrations {
             to: to.to_string(),
             phase: Phase::Granting,
             downtime_limit_ms: opts.params.downtime_limit_ms,
+            qemu_downtime_limit_ms: qemu_downtime_limit(opts.params.downtime_limit_ms),
             max_bandwidth: opts.params.max_bandwidth,
             progress: None,
             grant_ms: None,
@@ -463,11 +525,14 @@ impl Migrations {
 
         // From here on a failure cancels the source's migration.
         let after = |e: MigrationError| (e, true);
-        let listener = small_listener().map_err(|e| before(e.into()))?;
-        let port = listener.local_addr().map_err(|e| before(e.into()))?.port();
         let m = &self.vms.manager;
-        m.set_migration_params(name, opts.params).await.map_err(|e| before(vm_err(name)(e.to_string())))?;
-        m.migrate_start(name, &format!("tcp:127.0.0.1:{port}"))
+        let sock_path = m.paths(name).map_err(|e| before(vm_err(name)(e.to_string())))?.outgoing();
+        let listener = outgoing_listener(&sock_path).map_err(|e| before(e.into()))?;
+        let _unlink = Unlink(sock_path.clone());
+        let params =
+            MigrationParams { downtime_limit_ms: qemu_downtime_limit(opts.params.downtime_limit_ms), ..opts.params };
+        m.set_migration_params(name, params).await.map_err(|e| before(vm_err(name)(e.to_string())))?;
+        m.migrate_start(name, &format!("unix:{}", sock_path.display()))
             .await
             .map_err(|e| after(vm_err(name)(e.to_string())))?;
         let (qemu, _) = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept())
@@ -481,19 +546,19 @@ impl Migrations {
             })?
             .map_err(|e| after(e.into()))?;
         drop(listener);
-        let _ = qemu.set_nodelay(true);
         // QEMU's stream into the mesh; then the mesh stream's writing side is closed, which
         // tells the destination the stream is complete. The destination sends nothing back to
         // QEMU (no return path), but the write half stays open until the copy ends.
         let (pump_tx, mut pump_rx) = tokio::sync::oneshot::channel();
         let encoding = opts.encoding;
+        let (loaded_tx, loaded_rx) = tokio::sync::watch::channel(0u64);
         let _pump = Abort(tokio::spawn(async move {
             let (qr, qw) = qemu.into_split();
-            let sent = migrate_stream::send(qr, &mut mw, encoding).await;
+            let sent = migrate_stream::send(qr, &mut mw, encoding, loaded_rx).await;
             drop(qw);
             let _ = pump_tx.send(sent);
         }));
-        let mut done = Abort(tokio::spawn(async move { read_msg(&mut mr).await }));
+        let mut done = Abort(tokio::spawn(async move { answer_after_stream(&mut mr, loaded_tx).await }));
 
         let c = m.qmp(name).await.map_err(|e| after(vm_err(name)(e.to_string())))?;
         let mut events = c.subscribe();
@@ -568,7 +633,7 @@ impl Migrations {
             }
             _ => return,
         };
-        let (name, port, encoding) = match self.accept(peer, request).await {
+        let (name, path, encoding) = match self.accept(peer, request).await {
             Ok(x) => x,
             Err(reason) => {
                 self.vms_event(format!("refused a migration from {peer}: {reason}"));
@@ -576,7 +641,7 @@ impl Migrations {
                 return;
             }
         };
-        let outcome = self.receive(&name, port, encoding, &mut mr, &mut mw).await;
+        let outcome = self.receive(&name, &path, encoding, &mut mr, &mut mw).await;
         match outcome {
             Ok(resumed) => {
                 self.vms_event(format!("{name} arrived from {peer} and runs here"));
@@ -596,9 +661,9 @@ impl Migrations {
         }
     }
 
-    /// Checks a request and prepares the destination QEMU; returns the VM's name and the
-    /// loopback port its QEMU listens on and the stream's encoding.
-    async fn accept(&self, peer: NodeId, request: MigrateMsg) -> Result<(String, u16, StreamEncoding), String> {
+    /// Checks a request and prepares the destination QEMU; returns the VM's name, the socket
+    /// its QEMU listens on and the stream's encoding.
+    async fn accept(&self, peer: NodeId, request: MigrateMsg) -> Result<(String, PathBuf, StreamEncoding), String> {
         let MigrateMsg::Request { encoding, token, endorsement, spec } = request else {
             return Err(format!("{request:?} is not a request"));
         };
@@ -629,15 +694,12 @@ impl Migrations {
         self.vms.create(&spec)?;
         let prepared = async {
             m.start_incoming(&name).await.map_err(|e| e.to_string())?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| format!("a loopback port: {e}"))?
-                .port();
-            m.migrate_incoming(&name, &format!("tcp:127.0.0.1:{port}")).await.map_err(|e| e.to_string())?;
-            Ok::<u16, String>(port)
+            let path = m.paths(&name).map_err(|e| e.to_string())?.incoming();
+            m.migrate_incoming(&name, &format!("unix:{}", path.display())).await.map_err(|e| e.to_string())?;
+            Ok::<PathBuf, String>(path)
         };
         match prepared.await {
-            Ok(port) => Ok((name, port, encoding)),
+            Ok(path) => Ok((name, path, encoding)),
             Err(e) => {
                 let _ = self.vms.destroy(&name).await;
                 Err(e)
@@ -650,31 +712,42 @@ impl Migrations {
     async fn receive(
         &self,
         name: &str,
-        port: u16,
+        path: &Path,
         encoding: StreamEncoding,
         mr: &mut ReadHalf<MeshStream>,
         mw: &mut WriteHalf<MeshStream>,
     ) -> Result<Option<u64>, String> {
         let t0 = Instant::now();
         let qemu = loop {
-            let sock = TcpSocket::new_v4().and_then(|s| s.set_send_buffer_size(LOOPBACK_BUFFER).map(|()| s));
-            let sock = sock.map_err(|e| format!("a loopback socket: {e}"))?;
-            match sock.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await {
+            match connect_incoming(path) {
                 Ok(s) => break s,
-                Err(e) if t0.elapsed() > Duration::from_secs(5) => return Err(format!("destination QEMU's port: {e}")),
+                Err(e) if t0.elapsed() > Duration::from_secs(5) => {
+                    return Err(format!("destination QEMU's socket {}: {e}", path.display()));
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         };
-        let _ = qemu.set_nodelay(true);
+        // QEMU accepted the one connection it waits for; the name is not needed any more.
+        let _ = std::fs::remove_file(path);
         // One monitor connection for the rest, subscribed before the stream can end, so that the
         // guest's `RESUME` is seen.
         let c = self.vms.manager.qmp(name).await.map_err(|e| e.to_string())?;
         let mut events = c.subscribe();
         mw.write_all(&MigrateMsg::Ready.encode()).await.map_err(|e| format!("answering Ready: {e}"))?;
         let (_qr, qw) = qemu.into_split();
-        let got = migrate_stream::receive(mr, qw, encoding)
-            .await
-            .map_err(|e| format!("the {} stream into the destination QEMU: {e}", encoding.name()))?;
+        let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(0u64);
+        // `Loaded` after every write into QEMU (the latest count when the mesh lags behind),
+        // until the stream has ended.
+        let reports = async {
+            while loaded_rx.changed().await.is_ok() {
+                let bytes = *loaded_rx.borrow_and_update();
+                if mw.write_all(&MigrateMsg::Loaded { bytes }.encode()).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let (got, ()) = tokio::join!(migrate_stream::receive(mr, qw, encoding, loaded_tx), reports);
+        let got = got.map_err(|e| format!("the {} stream into the destination QEMU: {e}", encoding.name()))?;
         // The source closed its side: the stream is whole if QEMU loads it and runs.
         let resumed = ppn_vm::migrate::wait_resumed(&c, &mut events, name, DONE_TIMEOUT).await.map_err(|e| {
             format!("destination QEMU after {} bytes: {e}; its log: {}", got.stream_bytes, self.qemu_log_tail(name))
@@ -757,6 +830,19 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qemu_gets_the_limit_less_the_tail_budget() {
+        assert_eq!(qemu_downtime_limit(30), 30 - TAIL_BUDGET_MS);
+        assert_eq!(qemu_downtime_limit(300), 300 - TAIL_BUDGET_MS);
+        // Small limits keep a third for QEMU, and never 0 (QEMU would never switch over).
+        assert_eq!(qemu_downtime_limit(12), 4);
+        assert_eq!(qemu_downtime_limit(2), 1);
+        assert_eq!(qemu_downtime_limit(0), 1);
+        for l in 0..1000 {
+            assert!(qemu_downtime_limit(l) <= l.max(1), "{l}");
+        }
+    }
 
     fn id(b: u8) -> NodeId {
         NodeId(ppn_wire::ByteArray([b; 8]))

@@ -193,6 +193,14 @@ impl VmPaths {
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join("serial.log")
     }
+    /// Where a migration destination's QEMU listens for the incoming stream.
+    pub fn incoming(&self) -> PathBuf {
+        self.dir.join("incoming.sock")
+    }
+    /// Where the node listens for a migration source's QEMU to connect with its stream.
+    pub fn outgoing(&self) -> PathBuf {
+        self.dir.join("outgoing.sock")
+    }
     pub fn pidfile(&self) -> PathBuf {
         self.dir.join("qemu.pid")
     }
