@@ -18,6 +18,7 @@ const NODE_ID_TAG: &[u8] = b"ppn/node-id/v1";
 /// Domain tags of the keys derived from the seed.
 const SIGNING_KEY_TAG: &[u8] = b"ppn/node-signing-key/v1";
 const GRANT_KEY_TAG: &[u8] = b"ppn/grant-key/v1";
+const ATTEST_KEY_TAG: &[u8] = b"ppn/attest-key/v1";
 
 /// The node id of an Ed25519 public key: SHA-256(tag || key), first 8 bytes.
 pub fn node_id_of(signing_key: &[u8; 32]) -> NodeId {
@@ -39,6 +40,7 @@ fn derive(seed: &[u8; 32], tag: &[u8]) -> Zeroizing<[u8; 32]> {
 pub struct NodeKeys {
     signing: SigningKey,
     grant_key: Zeroizing<[u8; 32]>,
+    attest_key: Zeroizing<[u8; 32]>,
     node_id: NodeId,
 }
 
@@ -53,7 +55,7 @@ impl NodeKeys {
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         let signing = SigningKey::from_bytes(&derive(seed, SIGNING_KEY_TAG));
         let node_id = node_id_of(signing.verifying_key().as_bytes());
-        Self { signing, grant_key: derive(seed, GRANT_KEY_TAG), node_id }
+        Self { signing, grant_key: derive(seed, GRANT_KEY_TAG), attest_key: derive(seed, ATTEST_KEY_TAG), node_id }
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -72,6 +74,12 @@ impl NodeKeys {
     /// The HMAC key for capability tokens (used by the ledger core); never exported.
     pub fn grant_key(&self) -> &[u8; 32] {
         &self.grant_key
+    }
+
+    /// The secret of the Ed25519 attestation key (used by the attestation core); never
+    /// exported.
+    pub fn attest_secret(&self) -> &Zeroizing<[u8; 32]> {
+        &self.attest_key
     }
 }
 
@@ -216,6 +224,7 @@ pub struct Runtime<'a> {
 pub struct NodeCore {
     node_id: NodeId,
     signing_public: [u8; 32],
+    attestation_public: Option<[u8; 32]>,
     platform: Platform,
     tcb_version: heapless::String<VERSION_STRING_MAX>,
     boot_count: u32,
@@ -230,7 +239,19 @@ impl NodeCore {
                 break;
             }
         }
-        Self { node_id: keys.node_id(), signing_public: keys.signing_public(), platform, tcb_version: v, boot_count }
+        Self {
+            node_id: keys.node_id(),
+            signing_public: keys.signing_public(),
+            attestation_public: None,
+            platform,
+            tcb_version: v,
+            boot_count,
+        }
+    }
+
+    /// The attestation key `NodePublicKeys` reports, once this TCB serves attestation.
+    pub fn set_attestation_public(&mut self, key: Option<[u8; 32]>) {
+        self.attestation_public = key;
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -257,7 +278,7 @@ impl NodeCore {
             NodeRequest::PublicKeys => NodeResponse::PublicKeys(NodePublicKeys {
                 node_id,
                 signing_key: ByteArray(self.signing_public),
-                attestation_key: None,
+                attestation_key: self.attestation_public.map(ByteArray),
             }),
             NodeRequest::Status => NodeResponse::Status(NodeStatus {
                 node_id,
@@ -287,6 +308,9 @@ mod tests {
         assert_eq!(a.node_id(), b.node_id());
         assert_ne!(a.node_id(), c.node_id());
         assert_ne!(&a.grant_key()[..], &a.signing.to_bytes()[..]);
+        assert_ne!(&a.attest_secret()[..], &a.signing.to_bytes()[..]);
+        assert_ne!(&a.attest_secret()[..], &a.grant_key()[..]);
+        assert_eq!(&a.attest_secret()[..], &b.attest_secret()[..]);
         assert_eq!(a.node_id(), node_id_of(&a.signing_public()));
         let sig = a.signing_key().sign(b"record");
         assert!(a.signing_key().verifying_key().verify(b"record", &sig).is_ok());

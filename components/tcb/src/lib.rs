@@ -19,6 +19,7 @@ use ppn_wire::service::{Platform, ServiceState, ServiceStatus};
 use ppn_wire::{ErrorCode, Header, Request, Response};
 use zeroize::Zeroizing;
 
+pub mod attest;
 pub mod lender;
 pub mod pair;
 pub mod remote;
@@ -29,13 +30,13 @@ pub use pair::Entropy;
 /// Services and whether this build answers them: the lender only when the platform gave the
 /// TCB a pool ([`TcbCore::with_lender`]) or serves it in a PD of its own
 /// ([`TcbCore::with_lender_elsewhere`]).
-fn services(lender: bool) -> [ServiceStatus; 5] {
+fn services(lender: bool, attest: bool) -> [ServiceStatus; 5] {
     let state = |on: bool| if on { ServiceState::Ready } else { ServiceState::NotImplemented };
     [
         ServiceStatus { service: 0x01, state: ServiceState::Ready },
         ServiceStatus { service: 0x02, state: ServiceState::Ready },
         ServiceStatus { service: 0x03, state: state(lender) },
-        ServiceStatus { service: 0x04, state: ServiceState::NotImplemented },
+        ServiceStatus { service: 0x04, state: state(attest) },
         ServiceStatus { service: 0x05, state: ServiceState::Ready },
     ]
 }
@@ -51,6 +52,8 @@ pub struct TcbCore<S: Storage> {
     /// The lender runs elsewhere (the seL4 image's `lender` PD) and asks this ledger through
     /// the ledger port ([`remote`]).
     lender_elsewhere: bool,
+    /// The node's attestation key and its certificate ([`boot`] derives it from the seed).
+    attester: Option<ppn_attest::Attester>,
     served: u64,
     failed: u64,
 }
@@ -63,9 +66,21 @@ impl<S: Storage> TcbCore<S> {
             pairing: pair::Pairing::new(None),
             lender: None,
             lender_elsewhere: false,
+            attester: None,
             served: 0,
             failed: 0,
         }
+    }
+
+    /// Gives the TCB its attestation key: the Attest service answers from then on.
+    pub fn with_attester(mut self, attester: ppn_attest::Attester) -> Self {
+        self.node.set_attestation_public(Some(attester.cert().attest_key));
+        self.attester = Some(attester);
+        self
+    }
+
+    pub fn attester(&self) -> Option<&ppn_attest::Attester> {
+        self.attester.as_ref()
     }
 
     /// Gives the TCB a pool of lendable memory: the Lender service answers from then on.
@@ -114,7 +129,7 @@ impl<S: Storage> TcbCore<S> {
                     uptime_ms,
                     requests_served: self.served,
                     requests_failed: self.failed,
-                    services: &services(self.lender.is_some() || self.lender_elsewhere),
+                    services: &services(self.lender.is_some() || self.lender_elsewhere, self.attester.is_some()),
                 };
                 Response::Node(self.node.handle(r, &rt))
             }
@@ -149,6 +164,13 @@ impl<S: Storage> TcbCore<S> {
                 let lender = self.lender.as_mut().expect("checked by the guard");
                 match lender.handle(r, &mut self.ledger, now_unix_s) {
                     Ok(a) => Response::Lender(a),
+                    Err((code, detail)) => Response::error(code, &detail),
+                }
+            }
+            Request::Attest(r) if self.attester.is_some() => {
+                let attester = self.attester.as_ref().expect("checked by the guard");
+                match attest::handle(attester, r, now_unix_s) {
+                    Ok(a) => Response::Attest(a),
                     Err((code, detail)) => Response::error(code, &detail),
                 }
             }
@@ -284,6 +306,7 @@ pub fn boot<N: Storage, L: Storage, E: core::fmt::Debug>(
     };
     let keys = NodeKeys::from_seed(&seed);
     drop(seed);
+    let attester = ppn_attest::Attester::new(keys.attest_secret(), keys.signing_key());
     let mut roots = extra_roots.clone();
     if !roots.add(&keys.signing_public()) {
         // Cannot happen: the key was derived from a signing key.
@@ -298,5 +321,5 @@ pub fn boot<N: Storage, L: Storage, E: core::fmt::Debug>(
     append(&mut journal, &NodeRecord::Boot { count: boot_count })?;
 
     let report = BootReport { created_identity, boot_count, journal: recovery, ledger: ledger_report };
-    Ok(Booted { core: TcbCore::new(node, ledger), node_journal: journal, report })
+    Ok(Booted { core: TcbCore::new(node, ledger).with_attester(attester), node_journal: journal, report })
 }

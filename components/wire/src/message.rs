@@ -104,7 +104,7 @@ pub enum LenderResponse {
 /// Attest service responses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttestResponse {
-    SignRootHash(RootHashSignature),
+    SignRootHash(ProvisioningStatement),
     SignReport(Report),
 }
 

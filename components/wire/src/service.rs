@@ -27,8 +27,12 @@ pub const REVOKED_NODES_MAX: usize = 64;
 pub const ROOTS_MAX: usize = 64;
 /// Longest verifier nonce.
 pub const NONCE_MAX: usize = 64;
-/// Largest COSE_Sign1 attestation report.
+/// Largest COSE_Sign1 attestation report (`ppn_attest::MAX_REPORT`).
 pub const REPORT_MAX: usize = 2048;
+/// Largest provisioning statement, a COSE_Sign1 (`ppn_attest::MAX_PROVISIONING`).
+pub const PROVISIONING_MAX: usize = 1024;
+/// Longest image or VM name in an attestation request.
+pub const ATTEST_NAME_MAX: usize = 64;
 
 /// A node's short identifier: the first 8 bytes of SHA-256 over a domain tag and the node's
 /// Ed25519 public key (the ledger crate derives it). Short so that a token fits in 64 bytes.
@@ -164,7 +168,8 @@ pub struct NodePublicKeys {
     pub node_id: NodeId,
     /// Ed25519 key that signs ledger records.
     pub signing_key: PublicKey,
-    /// Ed25519 key that signs root hashes and reports; absent until the attest service lands.
+    /// Ed25519 key that signs provisioning statements and reports; absent when this TCB does
+    /// not serve attestation.
     pub attestation_key: Option<PublicKey>,
 }
 
@@ -496,27 +501,38 @@ pub struct Released {
 // ---------------------------------------------------------------------------------------------
 // Attest
 
-/// Request body of [`crate::Kind::AttestSignRootHash`].
+/// Request body of [`crate::Kind::AttestSignRootHash`]: sign a provisioning statement for a
+/// sealed guest image (`ppn_attest::Provisioning`; dm-verity with sha256, 4096-byte blocks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignRootHash {
+    /// The image's name (1 to 64 bytes).
+    pub image: String<ATTEST_NAME_MAX>,
+    /// The dm-verity root hash.
     pub root_hash: Digest,
-    /// Size of the data the hash tree covers, in bytes.
-    pub data_bytes: u64,
+    /// The hash tree's salt.
+    pub salt: Digest,
+    /// 4096-byte data blocks the tree covers.
+    pub data_blocks: u64,
+    /// Byte offset of the verity superblock in the image.
+    pub hash_offset: u64,
 }
 
-/// Answer to [`SignRootHash`].
+/// Answer to [`SignRootHash`]: the provisioning statement, a COSE_Sign1 by the attestation key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootHashSignature {
-    pub attestation_key: PublicKey,
-    pub signature: Signature,
+pub struct ProvisioningStatement {
+    pub statement: Vec<u8, PROVISIONING_MAX>,
 }
 
 /// Request body of [`crate::Kind::AttestSignReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignReport {
-    pub vm_id: u64,
+    /// The VM's name on this node (1 to 64 bytes).
+    pub vm: String<ATTEST_NAME_MAX>,
+    /// The dm-verity root hash the VM booted with.
     pub root_hash: Digest,
-    pub provisioning_signature: Signature,
+    /// The image's provisioning statement, whole.
+    pub provisioning: Vec<u8, PROVISIONING_MAX>,
+    /// The verifier's nonce (8 to 64 bytes).
     pub nonce: Vec<u8, NONCE_MAX>,
 }
 

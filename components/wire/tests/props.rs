@@ -199,14 +199,18 @@ fn request_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Request>> {
             u64s(f).prop_map(|reservation_id| R::Lender(Ln::CommitLease(CommitLease { reservation_id }))).boxed()
         }
         Kind::LenderRelease => u64s(f).prop_map(|lease_id| R::Lender(Ln::Release(Release { lease_id }))).boxed(),
-        Kind::AttestSignRootHash => (byte_array(), u64s(f))
-            .prop_map(|(root_hash, data_bytes)| R::Attest(A::SignRootHash(SignRootHash { root_hash, data_bytes })))
-            .boxed(),
-        Kind::AttestSignReport => (u64s(f), byte_array(), byte_array(), bytes::<NONCE_MAX>(f))
-            .prop_map(|(vm_id, root_hash, provisioning_signature, nonce)| {
-                R::Attest(A::SignReport(SignReport { vm_id, root_hash, provisioning_signature, nonce }))
+        Kind::AttestSignRootHash => (hstring::<ATTEST_NAME_MAX>(f), byte_array(), byte_array(), u64s(f), u64s(f))
+            .prop_map(|(image, root_hash, salt, data_blocks, hash_offset)| {
+                R::Attest(A::SignRootHash(SignRootHash { image, root_hash, salt, data_blocks, hash_offset }))
             })
             .boxed(),
+        Kind::AttestSignReport => {
+            (hstring::<ATTEST_NAME_MAX>(f), byte_array(), bytes::<PROVISIONING_MAX>(f), bytes::<NONCE_MAX>(f))
+                .prop_map(|(vm, root_hash, provisioning, nonce)| {
+                    R::Attest(A::SignReport(SignReport { vm, root_hash, provisioning, nonce }))
+                })
+                .boxed()
+        }
         Kind::PairBegin => (u8_enum(), hstring::<PAIR_CODE_MAX>(f), byte_array())
             .prop_map(|(role, code, wireguard_key)| R::Pair(P::Begin(PairBegin { role, code, wireguard_key })))
             .boxed(),
@@ -373,10 +377,8 @@ fn response_of(kind: Kind, f: Fill) -> Option<BoxedStrategy<Response>> {
         Kind::LenderRelease => (u32s(f), any::<bool>())
             .prop_map(|(blocks, scrubbed)| R::Lender(Ln::Release(Released { blocks, scrubbed })))
             .boxed(),
-        Kind::AttestSignRootHash => (byte_array(), byte_array())
-            .prop_map(|(attestation_key, signature)| {
-                R::Attest(A::SignRootHash(RootHashSignature { attestation_key, signature }))
-            })
+        Kind::AttestSignRootHash => bytes::<PROVISIONING_MAX>(f)
+            .prop_map(|statement| R::Attest(A::SignRootHash(ProvisioningStatement { statement })))
             .boxed(),
         Kind::AttestSignReport => {
             bytes::<REPORT_MAX>(f).prop_map(|cose_sign1| R::Attest(A::SignReport(Report { cose_sign1 }))).boxed()
@@ -498,8 +500,10 @@ const MAX_BODY: &[(Kind, Option<usize>, usize)] = &[
     (Kind::LenderReserve, Some(8 + 5 + 10), 10 + 5),
     (Kind::LenderCommitLease, Some(10), 10 + 1 + TOKEN_MAX),
     (Kind::LenderRelease, Some(10), 5 + 1),
-    (Kind::AttestSignRootHash, Some(32 + 10), 32 + 64),
-    (Kind::AttestSignReport, Some(10 + 32 + 64 + 1 + NONCE_MAX), 2 + REPORT_MAX),
+    // image, root hash, salt, data blocks, hash offset / statement.
+    (Kind::AttestSignRootHash, Some(1 + ATTEST_NAME_MAX + 32 + 32 + 10 + 10), 2 + PROVISIONING_MAX),
+    // vm, root hash, provisioning, nonce.
+    (Kind::AttestSignReport, Some(1 + ATTEST_NAME_MAX + 32 + 2 + PROVISIONING_MAX + 1 + NONCE_MAX), 2 + REPORT_MAX),
     // role, code, WireGuard key / message, Some(node id, signing key, WireGuard key, sas).
     (Kind::PairBegin, Some(1 + 1 + PAIR_CODE_MAX + 32), 2 + PAIR_MESSAGE_MAX + 1 + 8 + 32 + 32 + 5),
     (Kind::PairStep, Some(2 + PAIR_MESSAGE_MAX), 2 + PAIR_MESSAGE_MAX + 1 + 8 + 32 + 32 + 5),

@@ -140,12 +140,19 @@ pub fn check_every_kind_is_answered(socket: &Path) -> CheckResult {
         Request::Lender(LenderRequest::Reserve(Reserve { borrower: peer, blocks: 1, expires_unix_s: 1 })),
         Request::Lender(LenderRequest::CommitLease(CommitLease { reservation_id: 1 })),
         Request::Lender(LenderRequest::Release(Release { lease_id: 1 })),
-        Request::Attest(AttestRequest::SignRootHash(SignRootHash { root_hash: ByteArray([2; 32]), data_bytes: 4096 })),
-        Request::Attest(AttestRequest::SignReport(SignReport {
-            vm_id: 1,
+        Request::Attest(AttestRequest::SignRootHash(SignRootHash {
+            image: "every-kind".try_into().unwrap_or_default(),
             root_hash: ByteArray([2; 32]),
-            provisioning_signature: ByteArray([3; 64]),
-            nonce: Default::default(),
+            salt: ByteArray([3; 32]),
+            data_blocks: 1,
+            hash_offset: 4096,
+        })),
+        // A provisioning statement that is not one: the TCB signs it (the verifier refuses it).
+        Request::Attest(AttestRequest::SignReport(SignReport {
+            vm: "every-kind".try_into().unwrap_or_default(),
+            root_hash: ByteArray([2; 32]),
+            provisioning: Default::default(),
+            nonce: heapless::Vec::from_slice(&[3; 16]).unwrap_or_default(),
         })),
         // A code that does not parse: refused before any session starts.
         Request::Pair(PairRequest::Begin(PairBegin {

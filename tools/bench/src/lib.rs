@@ -10,9 +10,11 @@
 //! numbers.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod revocation;
 pub mod tokens;
 
+pub use attest::{AttestOpts, attest};
 pub use revocation::{RevocationOpts, RevocationReport, revocation, simulate};
 pub use tokens::{TokensOpts, tokens};
 

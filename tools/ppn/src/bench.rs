@@ -4,7 +4,7 @@
 //! Release builds give the numbers in `docs/benchmarks.md`.
 
 use clap::Subcommand;
-use ppn_bench::{RevocationOpts, TokensOpts};
+use ppn_bench::{AttestOpts, RevocationOpts, TokensOpts};
 use ppn_node::fleet::{self, Fleet, FleetNode, UpOptions};
 use ppn_tcb_client::blocking::Client;
 use ppn_tcb_client::{ClientError, DEFAULT_TIMEOUT};
@@ -19,6 +19,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Token issue and verify against a ledger of many revocations, next to Biscuit's verify.
+    /// Signing an attestation report and checking one offline (the whole chain: two key
+    /// certificates, the provisioning statement, the report), next to one bare Ed25519 verify
+    Attest {
+        #[arg(long, default_value_t = AttestOpts::default().batches)]
+        batches: usize,
+        #[arg(long, default_value_t = AttestOpts::default().iters)]
+        iters: usize,
+        #[arg(long)]
+        json: bool,
+    },
     Tokens {
         /// Revocation records in the ledger, each authored through the ledger's real path.
         #[arg(long, default_value_t = TokensOpts::default().revocations)]
@@ -146,6 +156,12 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         }
         Command::Plug { mib, rounds, data_dir, json } => {
             return crate::bench_plug::plug(&crate::bench_plug::PlugOpts { mib, rounds, data_dir }, json);
+        }
+        Command::Attest { batches, iters, json } => {
+            if batches == 0 || iters == 0 {
+                return Err("--batches and --iters must be at least 1".into());
+            }
+            (ppn_bench::attest(&AttestOpts { batches, iters }), json)
         }
         Command::Tokens { revocations, batches, iters, biscuit_iters, json } => {
             if batches == 0 || iters == 0 || biscuit_iters == 0 {
