@@ -148,6 +148,29 @@ impl Client {
         self.run(calls::release(lease_id))
     }
 
+    /// See [`calls::sign_root_hash`].
+    pub fn sign_root_hash(
+        &mut self,
+        image: &str,
+        root_hash: [u8; 32],
+        salt: [u8; 32],
+        data_blocks: u64,
+        hash_offset: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.run(calls::sign_root_hash(image, root_hash, salt, data_blocks, hash_offset)?)
+    }
+
+    /// See [`calls::sign_report`].
+    pub fn sign_report(
+        &mut self,
+        vm: &str,
+        root_hash: [u8; 32],
+        provisioning: &[u8],
+        nonce: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        self.run(calls::sign_report(vm, root_hash, provisioning, nonce)?)
+    }
+
     /// Writes raw bytes to the TCB.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes)?;

@@ -8,11 +8,11 @@
 
 use crate::ClientError;
 use ppn_wire::message::{
-    LedgerRequest, LedgerResponse as L, LenderRequest, LenderResponse as Ln, NodeRequest, NodeResponse as N,
-    PairRequest, PairResponse as P,
+    AttestRequest, AttestResponse as A, LedgerRequest, LedgerResponse as L, LenderRequest, LenderResponse as Ln,
+    NodeRequest, NodeResponse as N, PairRequest, PairResponse as P,
 };
 use ppn_wire::service::*;
-use ppn_wire::{Request, Response};
+use ppn_wire::{ByteArray, Request, Response};
 
 /// One request and how to read its answer as a `T`.
 ///
@@ -51,6 +51,10 @@ fn lender<T>(request: LenderRequest, unpack: fn(Response) -> Option<T>) -> Typed
 
 fn pair<T>(request: PairRequest, unpack: fn(Response) -> Option<T>) -> TypedCall<T> {
     TypedCall { request: Box::new(Request::Pair(request)), unpack }
+}
+
+fn attest<T>(request: AttestRequest, unpack: fn(Response) -> Option<T>) -> TypedCall<T> {
+    TypedCall { request: Box::new(Request::Attest(request)), unpack }
 }
 
 fn too_large(what: &'static str, len: usize, max: usize) -> ClientError {
@@ -213,6 +217,42 @@ pub fn release(lease_id: u64) -> TypedCall<Released> {
     lender(LenderRequest::Release(Release { lease_id }), |r| {
         if let Response::Lender(Ln::Release(x)) = r { Some(x) } else { None }
     })
+}
+
+/// A provisioning statement for a sealed image, signed by the TCB's attestation key
+/// (docs/attestation.md).
+pub fn sign_root_hash(
+    image: &str,
+    root_hash: [u8; 32],
+    salt: [u8; 32],
+    data_blocks: u64,
+    hash_offset: u64,
+) -> Result<TypedCall<Vec<u8>>, ClientError> {
+    let image = image.try_into().map_err(|_| too_large("image name bytes", image.len(), ATTEST_NAME_MAX))?;
+    let body = SignRootHash { image, root_hash: ByteArray(root_hash), salt: ByteArray(salt), data_blocks, hash_offset };
+    Ok(attest(AttestRequest::SignRootHash(body), |r| {
+        if let Response::Attest(A::SignRootHash(x)) = r { Some(x.statement.to_vec()) } else { None }
+    }))
+}
+
+/// An attestation report (an EAT in COSE_Sign1) for VM `vm`, which booted the image whose
+/// root hash is `root_hash` and whose provisioning statement is `provisioning`.
+pub fn sign_report(
+    vm: &str,
+    root_hash: [u8; 32],
+    provisioning: &[u8],
+    nonce: &[u8],
+) -> Result<TypedCall<Vec<u8>>, ClientError> {
+    let body = SignReport {
+        vm: vm.try_into().map_err(|_| too_large("VM name bytes", vm.len(), ATTEST_NAME_MAX))?,
+        root_hash: ByteArray(root_hash),
+        provisioning: heapless::Vec::from_slice(provisioning)
+            .map_err(|_| too_large("provisioning statement bytes", provisioning.len(), PROVISIONING_MAX))?,
+        nonce: heapless::Vec::from_slice(nonce).map_err(|_| too_large("nonce bytes", nonce.len(), NONCE_MAX))?,
+    };
+    Ok(attest(AttestRequest::SignReport(body), |r| {
+        if let Response::Attest(A::SignReport(x)) = r { Some(x.cose_sign1.to_vec()) } else { None }
+    }))
 }
 
 pub fn ledger_members() -> TypedCall<Vec<Member>> {

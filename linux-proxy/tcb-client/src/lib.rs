@@ -314,4 +314,27 @@ impl TcbClient {
     pub async fn release(&self, lease_id: u64) -> Result<Released, ClientError> {
         self.run(calls::release(lease_id)).await
     }
+
+    /// See [`calls::sign_root_hash`].
+    pub async fn sign_root_hash(
+        &self,
+        image: &str,
+        root_hash: [u8; 32],
+        salt: [u8; 32],
+        data_blocks: u64,
+        hash_offset: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.run(calls::sign_root_hash(image, root_hash, salt, data_blocks, hash_offset)?).await
+    }
+
+    /// See [`calls::sign_report`].
+    pub async fn sign_report(
+        &self,
+        vm: &str,
+        root_hash: [u8; 32],
+        provisioning: &[u8],
+        nonce: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        self.run(calls::sign_report(vm, root_hash, provisioning, nonce)?).await
+    }
 }

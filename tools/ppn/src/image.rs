@@ -12,6 +12,9 @@ const PDS: [&str; 3] = ["link", "ledger", "lender"];
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Seal a guest image: a copy with its dm-verity hash tree appended, and the node TCB's
+    /// signed provisioning statement for its root hash (docs/attestation.md).
+    Seal(crate::seal::SealArgs),
     /// Build the PDs and the bootable image (loader.img) with the Microkit tool.
     Build {
         #[arg(long, default_value = "qemu_virt_aarch64")]
@@ -44,8 +47,9 @@ pub enum Command {
     },
 }
 
-pub fn run(command: Command) -> Result<ExitCode, String> {
+pub async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
+        Command::Seal(args) => crate::seal::seal(&args).await,
         Command::Build { board, config, repo, out } => build(&board, &config, &repo, &out),
         Command::Run { socket, image, disk, lender_disk } => {
             let lender_disk = lender_disk.unwrap_or_else(|| disk.with_file_name("lender.img"));

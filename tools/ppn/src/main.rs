@@ -17,6 +17,7 @@ mod ledger;
 mod node_cmd;
 mod pair;
 mod sdf;
+mod seal;
 mod tcb;
 mod vm;
 
@@ -53,7 +54,8 @@ enum Command {
     /// Pair with another node: the CPace ceremony between the two TCBs over TCP, a six-digit
     /// SAS the operators compare, and on "yes" each TCB admits the other.
     Pair(pair::Args),
-    /// The seL4 node image: build it (needs MICROKIT_SDK), boot it in QEMU.
+    /// Images: seal a guest image (dm-verity + a signed statement); build the seL4 node image
+    /// (needs MICROKIT_SDK) and boot it in QEMU.
     Image {
         #[command(subcommand)]
         command: image::Command,
@@ -142,7 +144,7 @@ fn main() -> ExitCode {
             Command::Pair(args) => pair::run(args).await,
             Command::Fleet { command } => fleet::run(command).await,
             Command::Bench { command } => bench::run(command),
-            Command::Image { command } => image::run(command),
+            Command::Image { command } => image::run(command).await,
             Command::Sdf { command } => sdf::run(command),
             Command::Guest { command } => guest::run(command),
             Command::Vm { command } => vm::run(command),

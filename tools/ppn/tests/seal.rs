@@ -1,0 +1,98 @@
+//! `ppn image seal` against a hosted `ppn-tcb`: the sealed copy verifies with cryptsetup's
+//! `veritysetup`, its statement checks under the TCB's node key, a flipped byte is caught, and
+//! a TCB that refuses leaves nothing behind.
+
+use ppn_attest::{Provisioning, Standing, Trust};
+use ppn_conformance::HostedTcb;
+use ppn_wire::NodeId;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn veritysetup() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    on_path.chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join("veritysetup")).find(|p| p.is_file())
+}
+
+fn ppn(args: &[&str], socket: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ppn")).args(args).env("PPN_TCB_SOCKET", socket).output().expect("run ppn")
+}
+
+struct OneNode(NodeId, [u8; 32]);
+
+impl Trust for OneNode {
+    fn standing(&self, node: NodeId, key: &[u8; 32]) -> Standing {
+        if node == self.0 && *key == self.1 { Standing::Trusted } else { Standing::Unknown }
+    }
+}
+
+#[test]
+fn a_sealed_image_verifies_with_veritysetup_and_its_statement_checks() {
+    let Some(vs) = veritysetup() else {
+        assert!(std::env::var_os("CI").is_none(), "veritysetup (cryptsetup-bin) is missing on CI");
+        eprintln!("SKIPPED: veritysetup (cryptsetup-bin) not installed");
+        return;
+    };
+    let tcb = HostedTcb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("guest.img");
+    // 300 blocks of a made-up filesystem: a tree of two levels.
+    let data: Vec<u8> = (0..300 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&image, &data).unwrap();
+
+    let out = ppn(&["image", "seal", image.to_str().unwrap(), "--name", "test-guest", "--json"], &tcb.socket);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sealed = PathBuf::from(v["sealed"].as_str().unwrap());
+    assert_eq!(sealed, dir.path().join("guest.img.sealed"));
+    assert_eq!(std::fs::read(&image).unwrap(), data, "the original is untouched");
+    assert_eq!(v["data_blocks"], 300);
+    assert_eq!(v["hash_offset"], 300 * 4096);
+
+    // cryptsetup's own check accepts the sealed copy.
+    let args: Vec<String> =
+        v["veritysetup_verify"].as_array().unwrap()[1..].iter().map(|a| a.as_str().unwrap().into()).collect();
+    let check = Command::new(&vs).args(&args).output().unwrap();
+    assert!(check.status.success(), "veritysetup {args:?}: {}", String::from_utf8_lossy(&check.stderr));
+
+    // The statement checks under the TCB's node key and names what was sealed.
+    let statement = std::fs::read(v["statement"].as_str().unwrap()).unwrap();
+    let client = ppn_tcb_client::blocking::Client::connect(&tcb.socket, std::time::Duration::from_secs(10));
+    let keys = client.unwrap().public_keys().unwrap();
+    let p = Provisioning::verify(&statement, &OneNode(keys.node_id, keys.signing_key.0)).unwrap();
+    assert_eq!(p.image, "test-guest");
+    assert_eq!(hex(&p.verity.root_hash), v["root_hash"].as_str().unwrap());
+    assert_eq!(p.verity.data_blocks, 300);
+
+    // One flipped byte of the data: veritysetup refuses the copy.
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    bytes[12345] ^= 0x01;
+    std::fs::write(&sealed, &bytes).unwrap();
+    let check = Command::new(&vs).args(&args).output().unwrap();
+    assert!(!check.status.success(), "veritysetup accepted a flipped byte");
+}
+
+#[test]
+fn a_refused_seal_leaves_nothing_behind() {
+    let tcb = HostedTcb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("odd.img");
+    // Not a whole number of blocks: refused by the sealer.
+    std::fs::write(&image, vec![1u8; 4096 + 7]).unwrap();
+    let out = ppn(&["image", "seal", image.to_str().unwrap()], &tcb.socket);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("4096"), "{err}");
+    // A name over 64 bytes: refused before anything is written.
+    std::fs::write(&image, vec![1u8; 4096]).unwrap();
+    let long = "n".repeat(65);
+    let out = ppn(&["image", "seal", image.to_str().unwrap(), "--name", &long], &tcb.socket);
+    assert!(!out.status.success());
+    let mut left: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    left.sort();
+    assert_eq!(left, vec!["odd.img".to_string()]);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
