@@ -49,4 +49,6 @@ pub enum Error {
     NonceLength(usize),
     #[error("name of {0} bytes (1 to 64)")]
     Name(usize),
+    #[error("trust file, line {line}: {what}")]
+    TrustFile { line: usize, what: &'static str },
 }

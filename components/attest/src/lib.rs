@@ -27,12 +27,14 @@ mod cose;
 mod error;
 mod provision;
 mod report;
+mod trust_file;
 mod verifier;
 
 pub use cert::{CERT_LEN, KeyCert};
 pub use error::{Error, Role};
 pub use provision::{PROVISION_PROFILE, Provisioning, VerityParams};
 pub use report::{Chain, EAT_PROFILE, Report};
+pub use trust_file::{TRUST_FILE_MAX, TRUST_NODES_MAX, TrustFile};
 pub use verifier::{CACHE_MAX, Verifier};
 
 use ed25519_dalek::SigningKey;
@@ -135,8 +137,9 @@ impl Trust for NoTrust {
     }
 }
 
-/// Fuzzing hook: decoding and verifying arbitrary bytes as each format never panics, and what
-/// decodes decodes again, from its own bytes, to the same value.
+/// Fuzzing hook: decoding and verifying arbitrary bytes as each format (report, provisioning
+/// statement, trust file, key certificate) never panics, and what decodes decodes again, from
+/// its own bytes, to the same value.
 pub fn fuzz_decode(data: &[u8]) {
     if let Ok(r) = Report::decode(data) {
         assert_eq!(Report::decode(&r.bytes).as_ref(), Ok(&r));
@@ -147,6 +150,9 @@ pub fn fuzz_decode(data: &[u8]) {
         assert_eq!(Provisioning::decode(&p.bytes).as_ref(), Ok(&p));
     }
     let _ = Provisioning::verify(data, &NoTrust);
+    if let Ok(t) = TrustFile::parse(data) {
+        assert_eq!(TrustFile::parse(t.encode().as_bytes()).as_ref(), Ok(&t));
+    }
     if let Ok(c) = KeyCert::decode(data) {
         assert_eq!(c.encode()[..], data[..]);
         let _ = c.check(Role::Reporter, &NoTrust);

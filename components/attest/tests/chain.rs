@@ -40,6 +40,10 @@ impl Node {
 }
 
 const NONCE: [u8; 16] = *b"verifier-nonce-1";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 const NOW: u64 = 1_796_000_100;
 
 fn verity() -> VerityParams {
@@ -242,4 +246,48 @@ fn a_verifier_remembers_signatures_but_not_standing() {
         v.verify_report(&report.bytes, &NONCE).unwrap_err(),
         Error::RevokedNode { role: Role::Reporter, node: r.attester.node() }
     );
+}
+
+#[test]
+fn a_trust_file_round_trips_and_answers_like_the_fleet() {
+    let (_, p, r, report) = setup();
+    let mut t = ppn_attest::TrustFile::new();
+    t.insert(p.public(), Standing::Trusted).unwrap();
+    t.insert(r.public(), Standing::Trusted).unwrap();
+    let text = t.encode();
+    assert!(text.starts_with("ppn-trust v1\n"), "{text}");
+    let parsed = ppn_attest::TrustFile::parse(text.as_bytes()).unwrap();
+    assert_eq!(parsed, t);
+    assert!(Report::verify(&report.bytes, &parsed, &NONCE).is_ok());
+    // The reporter revoked in the file: its own error.
+    let revoked = text.replacen(&format!("{} trusted", hex(&r.public())), &format!("{} revoked", hex(&r.public())), 1);
+    let revoked = ppn_attest::TrustFile::parse(revoked.as_bytes()).unwrap();
+    assert_eq!(
+        Report::verify(&report.bytes, &revoked, &NONCE).unwrap_err(),
+        Error::RevokedNode { role: Role::Reporter, node: r.attester.node() }
+    );
+    // Comments and blank lines are skipped.
+    let commented = format!("ppn-trust v1\n# exported\n\n{}", &text["ppn-trust v1\n".len()..]);
+    assert_eq!(ppn_attest::TrustFile::parse(commented.as_bytes()).unwrap(), t);
+}
+
+#[test]
+fn each_bad_trust_line_is_refused_with_its_number() {
+    let r = node(2);
+    let key = hex(&r.public());
+    let id = r.attester.node().to_string();
+    let bad = |text: String, line: usize| match ppn_attest::TrustFile::parse(text.as_bytes()) {
+        Err(Error::TrustFile { line: l, .. }) => assert_eq!(l, line, "{text}"),
+        other => panic!("{text}: {other:?}"),
+    };
+    bad("ppn-trust v2\n".into(), 1);
+    bad(String::new(), 1);
+    bad(format!("ppn-trust v1\n{id} {key}\n"), 2);
+    bad(format!("ppn-trust v1\n\n{id} {key} trusted extra\n"), 3);
+    bad(format!("ppn-trust v1\n{id}0 {key} trusted\n"), 2);
+    bad(format!("ppn-trust v1\n{id} {}zz trusted\n", &key[..62]), 2);
+    bad(format!("ppn-trust v1\n{id} {key} maybe\n"), 2);
+    bad(format!("ppn-trust v1\n0000000000000000 {key} trusted\n"), 2);
+    bad(format!("ppn-trust v1\n{id} {key} trusted\n{id} {key} revoked\n"), 3);
+    assert!(matches!(ppn_attest::TrustFile::parse(&[0xff, 0xfe]), Err(Error::TrustFile { line: 0, .. })));
 }

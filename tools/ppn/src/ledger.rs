@@ -1,4 +1,4 @@
-//! `ppn ledger show|roots|members|sync`: what the node's capability ledger holds, and pulling records
+//! `ppn ledger show|roots|members|trust|sync`: what the node's capability ledger holds, and pulling records
 //! from another node's TCB.
 
 use crate::{Conn, print_json};
@@ -27,6 +27,13 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The fleet's trust as this TCB's ledger sees it, in the format `ppn verify --roots` reads
+    /// (docs/attestation.md): every member's node id, signing key, and `trusted` or `revoked`
+    /// (not trusted now). `ppn ledger trust > fleet.trust` exports it for an auditor.
+    Trust {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Pull into this TCB every record of another TCB that it accepts (what the mesh's
     /// anti-entropy does; here by hand, between two sockets on this machine).
     Sync {
@@ -43,6 +50,7 @@ pub async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Show { conn } => show(&conn).await,
         Command::Roots { conn } => roots(&conn).await,
         Command::Members { conn } => members(&conn).await,
+        Command::Trust { conn } => trust(&conn).await,
         Command::Sync { conn, from } => sync(&conn, &from).await,
     }
     .map(|()| ExitCode::SUCCESS)
@@ -138,6 +146,19 @@ async fn roots(conn: &Conn) -> Result<(), String> {
         }
         Ok(())
     }
+}
+
+async fn trust(conn: &Conn) -> Result<(), String> {
+    use ppn_attest::{Standing, TrustFile};
+    let client = conn.connect().await?;
+    let members = client.ledger_members().await.map_err(conn.context())?;
+    let mut file = TrustFile::new();
+    for m in &members {
+        let standing = if m.trusted { Standing::Trusted } else { Standing::Revoked };
+        file.insert(m.signing_key.0, standing).map_err(|e| e.to_string())?;
+    }
+    print!("{}", file.encode());
+    Ok(())
 }
 
 async fn members(conn: &Conn) -> Result<(), String> {

@@ -19,6 +19,7 @@ mod pair;
 mod sdf;
 mod seal;
 mod tcb;
+mod verify;
 mod vm;
 
 /// Operate a PPN Fabric node and fleet.
@@ -54,6 +55,9 @@ enum Command {
     /// Pair with another node: the CPace ceremony between the two TCBs over TCP, a six-digit
     /// SAS the operators compare, and on "yes" each TCB admits the other.
     Pair(pair::Args),
+    /// Check an attestation report offline against the fleet's trust file and your nonce, and
+    /// print the chain it checked (root -> node key -> image -> report).
+    Verify(verify::VerifyArgs),
     /// Images: seal a guest image (dm-verity + a signed statement); build the seL4 node image
     /// (needs MICROKIT_SDK) and boot it in QEMU.
     Image {
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
             Command::Grant { command } => grant::run(command).await,
             Command::Ledger { command } => ledger::run(command).await,
             Command::Pair(args) => pair::run(args).await,
+            Command::Verify(args) => verify::run(&args),
             Command::Fleet { command } => fleet::run(command).await,
             Command::Bench { command } => bench::run(command),
             Command::Image { command } => image::run(command).await,

@@ -1,6 +1,7 @@
 //! `ppn image seal` against a hosted `ppn-tcb`: the sealed copy verifies with cryptsetup's
 //! `veritysetup`, its statement checks under the TCB's node key, a flipped byte is caught, and
-//! a TCB that refuses leaves nothing behind.
+//! a TCB that refuses leaves nothing behind. `ppn ledger trust` and `ppn verify`: a report the
+//! TCB signed checks offline, and each broken link fails with its own error.
 
 use ppn_attest::{Provisioning, Standing, Trust};
 use ppn_conformance::HostedTcb;
@@ -95,4 +96,81 @@ fn a_refused_seal_leaves_nothing_behind() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run")
+}
+
+#[test]
+fn ppn_verify_checks_a_report_offline_and_names_each_broken_link() {
+    let tcb = HostedTcb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("g.img");
+    std::fs::write(&image, vec![7u8; 8 * 4096]).unwrap();
+    let out = ppn(&["image", "seal", image.to_str().unwrap(), "--json"], &tcb.socket);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statement = std::fs::read(v["statement"].as_str().unwrap()).unwrap();
+    let root: [u8; 32] = unhex(v["root_hash"].as_str().unwrap()).try_into().unwrap();
+
+    // What `ppn attest` will ask of the node's TCB: a report on a VM of that image.
+    let nonce = "00112233445566778899aabbccddeeff";
+    let mut c = ppn_tcb_client::blocking::Client::connect(&tcb.socket, std::time::Duration::from_secs(10)).unwrap();
+    let report = c.sign_report("web-1", root, &statement, &unhex(nonce)).unwrap();
+    let report_path = dir.path().join("report.cbor");
+    std::fs::write(&report_path, &report).unwrap();
+
+    let trust =
+        run(Command::new(env!("CARGO_BIN_EXE_ppn")).args(["ledger", "trust"]).env("PPN_TCB_SOCKET", &tcb.socket));
+    assert!(trust.status.success(), "{}", String::from_utf8_lossy(&trust.stderr));
+    let trust_text = String::from_utf8(trust.stdout).unwrap();
+    assert!(trust_text.starts_with("ppn-trust v1\n") && trust_text.contains(" trusted\n"), "{trust_text}");
+    let trust_path = dir.path().join("fleet.trust");
+    std::fs::write(&trust_path, &trust_text).unwrap();
+    // Offline from here: the TCB is gone.
+    drop(tcb);
+
+    let verify = |report: &Path, trust: &Path, nonce: &str| {
+        let r = report.to_str().unwrap();
+        run(Command::new(env!("CARGO_BIN_EXE_ppn")).args([
+            "verify",
+            r,
+            "--roots",
+            trust.to_str().unwrap(),
+            "--nonce",
+            nonce,
+        ]))
+    };
+    let ok = verify(&report_path, &trust_path, nonce);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let said = String::from_utf8_lossy(&ok.stdout);
+    for line in ["root ", "node key ", "image ", "report ", "verified"] {
+        assert!(said.lines().any(|l| l.starts_with(line)), "no {line:?} line in {said}");
+    }
+    assert!(said.contains(v["root_hash"].as_str().unwrap()), "{said}");
+
+    let fails = |out: Output, want: &str| {
+        assert!(!out.status.success(), "accepted, wanted {want:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err} does not say {want:?}");
+    };
+    fails(verify(&report_path, &trust_path, "ffeeddccbbaa99887766554433221100"), "nonce is not the verifier's");
+    let mut tampered = report.clone();
+    let n = tampered.len();
+    tampered[n - 3] ^= 0x10;
+    let tampered_path = dir.path().join("tampered.cbor");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    fails(verify(&tampered_path, &trust_path, nonce), "report's signature does not check");
+    let revoked_path = dir.path().join("revoked.trust");
+    std::fs::write(&revoked_path, trust_text.replace(" trusted\n", " revoked\n")).unwrap();
+    fails(verify(&report_path, &revoked_path, nonce), "is revoked");
+    let stranger_path = dir.path().join("stranger.trust");
+    std::fs::write(&stranger_path, "ppn-trust v1\n").unwrap();
+    fails(verify(&report_path, &stranger_path, nonce), "not one the fleet trusts");
+    fails(verify(&report_path, &trust_path, "xyz"), "--nonce");
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
