@@ -55,13 +55,31 @@ const BUILTIN: [&str; 9] = [
     "CONFIG_MEMORY_HOTPLUG",
     "CONFIG_MEMORY_HOTREMOVE",
 ];
-/// Kernel options the guest needs built in or as the named module (loaded by /init).
-const BUILTIN_OR_MODULE: [(&str, &str); 4] = [
+/// Kernel options the guest needs built in or as the named module (loaded by /init). The last
+/// six are the verified boot's (docs/attestation.md): the root disk, device-mapper and
+/// dm-verity, fw_cfg (the statement and the trust file from the host), and ext4 with the
+/// crc32c it asks the crypto API for.
+/// The first options of [`BUILTIN_OR_MODULE`] are every boot's; the rest the verified boot's.
+const BASE_MODULE_OPTIONS: usize = 4;
+const BUILTIN_OR_MODULE: [(&str, &str); 10] = [
     ("CONFIG_VIRTIO_PCI", "virtio_pci"),
     ("CONFIG_VIRTIO_MEM", "virtio_mem"),
     ("CONFIG_VIRTIO_BALLOON", "virtio_balloon"),
     ("CONFIG_VIRTIO_CONSOLE", "virtio_console"),
+    ("CONFIG_VIRTIO_BLK", "virtio_blk"),
+    ("CONFIG_BLK_DEV_DM", "dm_mod"),
+    ("CONFIG_DM_VERITY", "dm_verity"),
+    ("CONFIG_FW_CFG_SYSFS", "qemu_fw_cfg"),
+    ("CONFIG_CRYPTO_CRC32C", "crc32c_generic"),
+    ("CONFIG_EXT4_FS", "ext4"),
 ];
+
+/// The kernel command line word that asks /init for the verified boot.
+pub const VERITY_CMDLINE: &str = "ppn.root=verity";
+/// The fw_cfg names under which the host hands the guest the image's provisioning statement
+/// and the fleet's trust file.
+pub const FW_CFG_PROVISIONING: &str = "opt/org.ppnfabric/provisioning";
+pub const FW_CFG_TRUST: &str = "opt/org.ppnfabric/trust";
 
 #[derive(Debug, Error)]
 pub enum ImageError {
@@ -124,6 +142,10 @@ pub struct Package {
 pub struct GuestImage {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The initramfs for a verified boot: `initrd` followed by a second cpio archive with the
+    /// verified boot's modules and the host's `veritysetup` with its libraries (the kernel
+    /// unpacks concatenated archives in turn). Only sealed-root guests carry the extra ~10 MB.
+    pub initrd_verified: PathBuf,
     pub cmdline: String,
     /// `uname -r` of the kernel, e.g. `6.1.0-57-amd64`.
     pub kernel_release: String,
@@ -181,6 +203,22 @@ impl GuestImage {
             format!("unix:{},server=on,wait=off", qmp_socket.display()),
         ]
     }
+}
+
+/// The QEMU arguments that add a sealed root disk for the verified boot: the image read-only
+/// on virtio-blk (`/dev/vda` in the guest), and its provisioning statement and the fleet's trust
+/// file on fw_cfg. The kernel command line must also carry [`VERITY_CMDLINE`].
+pub fn verity_args(disk: &Path, statement: &Path, trust: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=none,id=ppnroot,readonly=on", disk.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=ppnroot".into(),
+        "-fw_cfg".into(),
+        format!("name={FW_CFG_PROVISIONING},file={}", statement.display()),
+        "-fw_cfg".into(),
+        format!("name={FW_CFG_TRUST},file={}", trust.display()),
+    ]
 }
 
 /// Builds the guest image in `cache_dir`, or returns the cached one: the packages are
@@ -242,15 +280,30 @@ fn ensure_locked(cache_dir: &Path, options: &ImageOptions) -> Result<GuestImage,
             base
         }
     };
-    let initrd = initramfs(cache_dir, &base.modules, &agent)?;
+    let (initrd, extras) = initramfs(cache_dir, &base.modules, &agent)?;
     let initrd_sha = sha256(&initrd);
     let initrd_path = cache_dir.join("initrd.cpio");
-    let initrd_cached = base.cached
-        && old.as_ref().and_then(|m| m.files.get("initrd.cpio")) == Some(&initrd_sha)
-        && file_sha256(&initrd_path).as_ref() == Some(&initrd_sha);
+    let verified = [initrd.as_slice(), extras.as_slice()].concat();
+    let verified_sha = sha256(&verified);
+    let verified_path = cache_dir.join("initrd-verified.cpio");
+    let cached_as = |name: &str, path: &Path, sha: &String| {
+        base.cached
+            && old.as_ref().and_then(|m| m.files.get(name)) == Some(sha)
+            && file_sha256(path).as_ref() == Some(sha)
+    };
+    let initrd_cached = cached_as("initrd.cpio", &initrd_path, &initrd_sha)
+        && cached_as("initrd-verified.cpio", &verified_path, &verified_sha);
     if !initrd_cached {
         write_atomic(&initrd_path, &initrd)?;
-        say(options, &format!("initramfs written ({} KiB)", initrd.len() / 1024));
+        write_atomic(&verified_path, &verified)?;
+        say(
+            options,
+            &format!(
+                "initramfs written ({} KiB; {} KiB for a verified boot)",
+                initrd.len() / 1024,
+                verified.len() / 1024
+            ),
+        );
     }
     let mut files = BTreeMap::new();
     for name in base_files(&base.modules) {
@@ -263,6 +316,7 @@ fn ensure_locked(cache_dir: &Path, options: &ImageOptions) -> Result<GuestImage,
         files.insert(name, sha);
     }
     files.insert("initrd.cpio".to_owned(), initrd_sha);
+    files.insert("initrd-verified.cpio".to_owned(), verified_sha);
     let agent_sha256 = sha256(&agent);
     let manifest = Manifest {
         packages: base.packages.clone(),
@@ -277,6 +331,7 @@ fn ensure_locked(cache_dir: &Path, options: &ImageOptions) -> Result<GuestImage,
     Ok(GuestImage {
         kernel: cache_dir.join("vmlinuz"),
         initrd: initrd_path,
+        initrd_verified: verified_path,
         cmdline: CMDLINE.to_owned(),
         kernel_release: base.release,
         packages: base.packages,
@@ -358,11 +413,14 @@ impl Manifest {
         (!m.release.is_empty()).then_some(m)
     }
 
-    /// Every file that comes from the packages is there with the recorded hash.
+    /// Every file that comes from the packages is there with the recorded hash, and the
+    /// modules cover what this build wants of the cached kernel config.
     fn base_ok(&self, cache_dir: &Path) -> bool {
-        base_files(&self.modules).iter().all(|name| {
-            self.files.get(name).is_some_and(|sha| file_sha256(&cache_dir.join(name)).as_ref() == Some(sha))
-        })
+        let wanted = std::fs::read_to_string(cache_dir.join("base/config")).ok().and_then(|c| modules_wanted(&c).ok());
+        wanted.is_some_and(|w| w.iter().all(|m| self.modules.contains(m)))
+            && base_files(&self.modules).iter().all(|name| {
+                self.files.get(name).is_some_and(|sha| file_sha256(&cache_dir.join(name)).as_ref() == Some(sha))
+            })
     }
 }
 
@@ -694,7 +752,7 @@ fn agent_binary(options: &ImageOptions) -> Result<PathBuf, ImageError> {
     // Its own target directory: the caller may be a `cargo test` holding the lock of the
     // workspace's target directory, and the musl build shares nothing with it anyway.
     let target_dir = ws.join("target/guest-agent");
-    say(options, &format!("building the agent (cargo build --release --target {AGENT_TARGET})"));
+    say(options, &format!("building the agent (cargo build --release --target {AGENT_TARGET} --features boot-check)"));
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo
         .current_dir(&ws)
@@ -708,6 +766,8 @@ fn agent_binary(options: &ImageOptions) -> Result<PathBuf, ImageError> {
             "ppn-guest-agent",
             "--bin",
             "ppn-guest-agent",
+            "--features",
+            "boot-check",
         ])
         .arg("--target-dir")
         .arg(&target_dir);
@@ -731,13 +791,42 @@ fn agent_binary(options: &ImageOptions) -> Result<PathBuf, ImageError> {
     Ok(target_dir.join(AGENT_TARGET).join("release/ppn-guest-agent"))
 }
 
-/// The /init script: mounts, loads the modules in order, runs the agent forever.
-pub fn init_script(modules: &[String]) -> String {
+/// Of the modules in load order, those only the verified boot needs (the dependency closure
+/// of its options' modules, less that of the others), which /init loads only when asked for a
+/// verified root: they cost every other boot seconds under TCG.
+fn verity_only(cache_dir: &Path, modules: &[String]) -> Result<Vec<String>, ImageError> {
+    let closure = |wanted: &[(&str, &str)]| -> Result<Vec<String>, ImageError> {
+        let mut seen: Vec<String> = Vec::new();
+        let mut stack: Vec<String> = wanted.iter().map(|(_, m)| (*m).to_owned()).collect();
+        while let Some(m) = stack.pop() {
+            if seen.contains(&m) || !modules.contains(&m) {
+                continue;
+            }
+            let path = cache_dir.join(format!("base/modules/{m}.ko"));
+            let bytes = std::fs::read(&path).map_err(io("cannot read the cached module", &path))?;
+            let info = modinfo(&bytes).map_err(|reason| ImageError::Module { module: m.clone(), reason })?;
+            for dep in info.get("depends").map(String::as_str).unwrap_or("").split(',').filter(|d| !d.is_empty()) {
+                stack.push(dep.replace('-', "_"));
+            }
+            seen.push(m);
+        }
+        Ok(seen)
+    };
+    let base = closure(&BUILTIN_OR_MODULE[..BASE_MODULE_OPTIONS])?;
+    let verity = closure(&BUILTIN_OR_MODULE[BASE_MODULE_OPTIONS..])?;
+    Ok(modules.iter().filter(|m| verity.contains(m) && !base.contains(m)).cloned().collect())
+}
+
+/// The /init script: mounts, loads the modules in order (those in `verity` only when the kernel
+/// command line carries `ppn.root=verity`, and then opens the verified root filesystem or
+/// refuses to boot: docs/attestation.md), runs the agent forever.
+pub fn init_script(modules: &[String], verity: &[String]) -> String {
+    let always: Vec<&str> = modules.iter().filter(|m| !verity.contains(m)).map(String::as_str).collect();
     format!(
         r#"#!/bin/sh
 # PPN guest /init (written by ppn-guest-agent's image builder; see docs/guest.md).
 /bin/busybox --install -s /bin
-export PATH=/bin
+export PATH=/bin:/sbin
 mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -745,6 +834,47 @@ echo "ppn-guest: kernel $(uname -r), loading {modules}"
 for m in {modules}; do
     insmod /lib/modules/$m.ko || echo "ppn-guest: insmod $m failed"
 done
+
+refuse() {{
+    echo "ppn-guest: REFUSING TO BOOT: $*"
+    sync
+    poweroff -f
+    sleep 10
+}}
+
+verified_root() {{
+    echo "ppn-guest: verified boot: loading {verity_modules}"
+    for m in {verity_modules}; do
+        insmod /lib/modules/$m.ko || echo "ppn-guest: insmod $m failed"
+    done
+    fw=/sys/firmware/qemu_fw_cfg/by_name
+    statement=$fw/{fw_prov}/raw
+    trust=$fw/{fw_trust}/raw
+    [ -r $statement ] || refuse "no provisioning statement from the host (fw_cfg {fw_prov})"
+    [ -r $trust ] || refuse "no fleet trust file from the host (fw_cfg {fw_trust})"
+    disk=/dev/vda
+    n=0
+    while [ ! -b $disk ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    [ -b $disk ] || refuse "no root disk ($disk)"
+    checked=$(/bin/ppn-guest-agent boot-check $statement $trust $disk) || refuse "$checked"
+    set -- $checked
+    root=$1 offset=$2 image=$3
+    veritysetup verify $disk $disk $root --hash-offset=$offset >/tmp/verity.log 2>&1 \
+        || refuse "the root disk does not match the signed root hash $root of image $image: $(tail -n 1 /tmp/verity.log)"
+    veritysetup open $disk ppn-root $disk $root --hash-offset=$offset >/tmp/verity.log 2>&1 \
+        || refuse "veritysetup open: $(tail -n 1 /tmp/verity.log)"
+    mkdir -p /root
+    mount -t ext4 -o ro /dev/mapper/ppn-root /root || refuse "mounting the verified root filesystem failed"
+    echo $root > /tmp/ppn-root-hash
+    echo "ppn-guest: verified boot: image $image, dm-verity root hash $root, signature checked against the fleet trust; root filesystem mounted read-only on /root"
+}}
+case " $(cat /proc/cmdline) " in
+    *" {verity} "*) verified_root ;;
+esac
+# The initramfs stays in memory (ramfs): drop what is no longer needed, so that it costs the
+# guest nothing (freed pages are zeroed: init_on_free) and a live migration does not carry it.
+rm -rf /sbin/veritysetup /lib/x86_64-linux-gnu /lib64 /usr /lib/modules
+
 echo "ppn-guest: starting the agent"
 while true; do
     /bin/ppn-guest-agent
@@ -752,29 +882,85 @@ while true; do
     sleep 1
 done
 "#,
-        modules = modules.join(" ")
+        modules = always.join(" "),
+        verity_modules = verity.join(" "),
+        fw_prov = FW_CFG_PROVISIONING,
+        fw_trust = FW_CFG_TRUST,
+        verity = VERITY_CMDLINE,
     )
 }
 
-/// The initramfs bytes from the cached base files and the agent.
-fn initramfs(cache_dir: &Path, modules: &[String], agent: &[u8]) -> Result<Vec<u8>, ImageError> {
+/// Where veritysetup is on the host: PATH, then /usr/sbin and /sbin (Debian leaves them off
+/// a user's PATH).
+fn host_veritysetup() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    path.into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join("veritysetup"))
+        .find(|p| p.is_file())
+}
+
+/// The host's `veritysetup` and every shared library it loads (from `ldd`, the dynamic loader
+/// included), as (path in the initramfs, bytes): the guest's verified boot runs it, as
+/// initramfs-tools' `copy_exec` would.
+fn veritysetup_files() -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    let bin = host_veritysetup().ok_or_else(|| ImageError::Package(
+        "veritysetup is not installed on this host: the guest's verified boot carries it (scripts/setup installs cryptsetup-bin)".into(),
+    ))?;
+    let out = run(Command::new("ldd").arg(&bin))?;
+    let mut files = vec![("sbin/veritysetup".to_owned(), std::fs::read(&bin).map_err(io("cannot read", &bin))?)];
+    for line in String::from_utf8_lossy(&out).lines() {
+        // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else { continue };
+        let p = Path::new(path);
+        files.push((path.trim_start_matches('/').to_owned(), std::fs::read(p).map_err(io("cannot read", p))?));
+    }
+    Ok(files)
+}
+
+/// The initramfs bytes from the cached base files and the agent, and the second archive a
+/// verified boot adds (its modules, `veritysetup` and its libraries).
+fn initramfs(cache_dir: &Path, modules: &[String], agent: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ImageError> {
     let read = |name: &str| -> Result<Vec<u8>, ImageError> {
         let p = cache_dir.join(name);
         std::fs::read(&p).map_err(io("cannot read the cached file", &p))
     };
+    let verity = verity_only(cache_dir, modules)?;
     let mut w = Writer::new();
-    for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"] {
+    for d in ["bin", "sbin", "dev", "proc", "sys", "lib", "lib/modules", "tmp", "run"] {
         w.dir(d, 0o755)?;
     }
     w.char_dev("dev/console", 0o600, 5, 1)?;
     w.file("bin/busybox", 0o755, &read("base/busybox")?)?;
     w.symlink("bin/sh", "busybox")?;
     w.file("bin/ppn-guest-agent", 0o755, agent)?;
-    for m in modules {
+    for m in modules.iter().filter(|m| !verity.contains(m)) {
         w.file(&format!("lib/modules/{m}.ko"), 0o644, &read(&format!("base/modules/{m}.ko"))?)?;
     }
-    w.file("init", 0o755, init_script(modules).as_bytes())?;
-    Ok(w.finish())
+    w.file("init", 0o755, init_script(modules, &verity).as_bytes())?;
+
+    let mut x = Writer::new();
+    for m in &verity {
+        x.file(&format!("lib/modules/{m}.ko"), 0o644, &read(&format!("base/modules/{m}.ko"))?)?;
+    }
+    let mut dirs: Vec<String> = Vec::new();
+    for (path, bytes) in veritysetup_files()? {
+        let parent = Path::new(&path).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut at = String::new();
+        for part in parent.split('/').filter(|p| !p.is_empty()) {
+            at = if at.is_empty() { part.to_owned() } else { format!("{at}/{part}") };
+            if !["bin", "sbin", "lib"].contains(&at.as_str()) && !dirs.contains(&at) {
+                x.dir(&at, 0o755)?;
+                dirs.push(at.clone());
+            }
+        }
+        x.file(&path, 0o755, &bytes)?;
+    }
+    Ok((w.finish(), x.finish()))
 }
 
 #[cfg(test)]
@@ -785,7 +971,12 @@ mod tests {
     fn config_gives_the_modules_and_names_what_is_missing() {
         let mut config: String = BUILTIN.iter().map(|o| format!("{o}=y\n")).collect();
         config += "CONFIG_VIRTIO_PCI=m\nCONFIG_VIRTIO_MEM=m\nCONFIG_VIRTIO_BALLOON=y\nCONFIG_VIRTIO_CONSOLE=m\n";
-        assert_eq!(modules_wanted(&config).unwrap(), ["virtio_pci", "virtio_mem", "virtio_console"]);
+        config += "CONFIG_VIRTIO_BLK=m\nCONFIG_BLK_DEV_DM=y\nCONFIG_DM_VERITY=m\nCONFIG_FW_CFG_SYSFS=m\n";
+        config += "CONFIG_CRYPTO_CRC32C=y\nCONFIG_EXT4_FS=m\n";
+        assert_eq!(
+            modules_wanted(&config).unwrap(),
+            ["virtio_pci", "virtio_mem", "virtio_console", "virtio_blk", "dm_verity", "qemu_fw_cfg", "ext4"]
+        );
         let config = config.replace("CONFIG_VIRTIO_MEM=m", "# CONFIG_VIRTIO_MEM is not set");
         let e = modules_wanted(&config).unwrap_err();
         assert!(e.to_string().contains("CONFIG_VIRTIO_MEM (must be y or m; found n)"), "{e}");
@@ -856,9 +1047,13 @@ mod tests {
 
     #[test]
     fn init_loads_modules_in_order_and_never_ends() {
-        let s = init_script(&["virtio_ring".into(), "virtio".into()]);
+        let s = init_script(&["virtio_ring".into(), "virtio".into(), "dm_mod".into()], &["dm_mod".into()]);
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains("for m in virtio_ring virtio; do"));
         assert!(s.contains("while true; do\n    /bin/ppn-guest-agent"));
+        // The verified boot runs only when the command line asks for it, and refuses loudly.
+        assert!(s.contains(&format!("*\" {VERITY_CMDLINE} \"*) verified_root ;;")), "{s}");
+        assert!(s.contains("REFUSING TO BOOT"));
+        assert!(s.contains("veritysetup verify $disk $disk $root --hash-offset=$offset"));
     }
 }

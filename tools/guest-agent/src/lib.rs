@@ -8,9 +8,14 @@
 //! * the `ppn-guest-agent` binary (src/bin/agent.rs): the agent itself, std only, built static
 //!   for `x86_64-unknown-linux-musl`.
 //!
+//! * `boot_check` (feature `boot-check`, on in the guest's binary): the Rust half of the
+//!   guest's verified boot (docs/attestation.md).
+//!
 //! See docs/guest.md.
 
 pub mod agent;
+#[cfg(feature = "boot-check")]
+pub mod boot_check;
 pub mod cpio;
 pub mod image;
 pub mod report;

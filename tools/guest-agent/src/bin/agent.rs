@@ -58,7 +58,37 @@ fn open_port() -> Result<File, String> {
         .map_err(|e| format!("cannot open {}: {e}", dev.display()))
 }
 
+/// `ppn-guest-agent boot-check STATEMENT TRUST DISK`: prints `ROOT_HEX HASH_OFFSET IMAGE`
+/// and exits 0, or prints why not and exits 1 (ppn_guest_agent::boot_check).
+fn boot_check(args: &[String]) -> ! {
+    let [statement, trust, disk] = args else {
+        println!("usage: ppn-guest-agent boot-check STATEMENT TRUST DISK");
+        std::process::exit(2);
+    };
+    #[cfg(feature = "boot-check")]
+    match ppn_guest_agent::boot_check::boot_check(Path::new(statement), Path::new(trust), Path::new(disk)) {
+        Ok(v) => {
+            println!("{}", v.line());
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!("{e}");
+            std::process::exit(1)
+        }
+    }
+    #[cfg(not(feature = "boot-check"))]
+    {
+        let _ = (statement, trust, disk);
+        println!("this agent was built without the boot-check feature: no verified boot");
+        std::process::exit(1)
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("boot-check") {
+        boot_check(&args[1..]);
+    }
     let start = Instant::now();
     let meminfo = Path::new("/proc/meminfo");
     let mut log = Log { last: None, suppressed: 0 };
