@@ -11,6 +11,7 @@
 //! | `{"op":"vm-migrate","name":N,"to":"<16 hex>"[,"downtime_ms":D][,"max_bandwidth":B][,"timeout_s":T][,"encoding":"zstd" or "plain"]}` | `{"ok":true,"migration":{...}}` at once ([`crate::migration::MigrationStatus`]) |
 //! | `{"op":"vm-migrate-status","name":N}` | `{"ok":true,"migration":{...}}` |
 //! | `{"op":"vm-agent","name":N}` | `{"ok":true,"agent":{"counter","mem_total_kib","at_unix_us"}}` (latest report, no QMP) |
+//! | `{"op":"vm-attest","name":N,"nonce":"<hex, 8 to 64 bytes>"}` | `{"ok":true,"report":"<hex>"}` (a COSE_Sign1 EAT from the node's TCB; the VM must run from a sealed root) |
 //! | `{"op":"lease-list"}` | `{"ok":true,"leases":{...}}` |
 //! | `{"op":"lease-release","lease_id":L}` | `{"ok":true,"released":"..."}` |
 //! | `{"op":"node-balloon"[,"budget_mib":N\|null][,"weight":{"vm":N,"memory":W}]}` | `{"ok":true,"balloon":{...}}` ([`crate::balloon::BalloonStatus`]) |
@@ -102,6 +103,13 @@ async fn handle(node: &Node, line: &str) -> serde_json::Value {
     }
 }
 
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
 fn name(req: &serde_json::Value) -> Result<&str, String> {
     req["name"].as_str().ok_or_else(|| "want \"name\": a VM name".to_owned())
 }
@@ -131,6 +139,12 @@ async fn vm_op(node: &Node, op: &str, req: &serde_json::Value) -> Result<serde_j
             ok("grown", serde_json::to_value(grown).map_err(|e| e.to_string())?)
         }
         "vm-migrate" | "vm-migrate-status" | "vm-agent" => return crate::migration::control(node, op, req).await,
+        "vm-attest" => {
+            let nonce = req["nonce"].as_str().ok_or("vm-attest: want \"nonce\": hex")?;
+            let nonce = unhex(nonce).ok_or("vm-attest: the nonce is not hex")?;
+            let report = node.attest_vm(name(req)?, &nonce).await?;
+            ok("report", report.iter().map(|b| format!("{b:02x}")).collect::<String>().into())
+        }
         "lease-list" => ok("leases", vms.leases().await),
         "lease-release" => {
             let id = req["lease_id"].as_u64().ok_or("lease-release: want \"lease_id\"")?;

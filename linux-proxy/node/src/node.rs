@@ -260,6 +260,30 @@ impl Node {
         sync_peers(self.me, &self.tcb, &self.mesh, &self.gossip, &self.hints, &self.members).await;
     }
 
+    /// An attestation report on VM `name` for a verifier's `nonce`, signed by this node's TCB
+    /// (`AttestSignReport`, docs/attestation.md): the VM must run here from a sealed root; the
+    /// report names it, the root hash it booted with and the image's provisioning statement.
+    pub async fn attest_vm(&self, name: &str, nonce: &[u8]) -> Result<Vec<u8>, String> {
+        let m = &self.vms.manager;
+        let spec = m.spec(name).map_err(|e| e.to_string())?;
+        let Some(sealed) = &spec.sealed else {
+            return Err(format!("{name} does not boot a sealed image: there is nothing to attest"));
+        };
+        let state = m.state(name).await.map_err(|e| e.to_string())?;
+        if state.label() != "running" {
+            return Err(format!("{name} is {}, not running", state.label()));
+        }
+        let root = sealed.root_hash_bytes().ok_or("the VM's spec has a bad root hash")?;
+        let max = ppn_wire::service::PROVISIONING_MAX as u64;
+        let len =
+            std::fs::metadata(&sealed.statement).map_err(|e| format!("{}: {e}", sealed.statement.display()))?.len();
+        if len > max {
+            return Err(format!("{}: {len} bytes, over the limit of {max}", sealed.statement.display()));
+        }
+        let statement = std::fs::read(&sealed.statement).map_err(|e| format!("{}: {e}", sealed.statement.display()))?;
+        self.tcb.sign_report(name, root, &statement, nonce).await.map_err(|e| format!("TCB: {e}"))
+    }
+
     /// Records where `node`'s mesh listens, and syncs peers.
     pub fn hint(&self, node: NodeId, endpoint: SocketAddr) -> Result<(), HintsError> {
         lock(&self.hints).set(node, endpoint)?;

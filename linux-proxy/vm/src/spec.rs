@@ -35,6 +35,8 @@ pub enum SpecError {
     Comma { field: &'static str, value: String },
     #[error("weight {field} must be 1..=10000, got {value}")]
     InvalidWeight { field: &'static str, value: u32 },
+    #[error("a sealed root needs {0}")]
+    Sealed(&'static str),
 }
 
 /// Validate a VM name: 1..=32 characters from `[a-z0-9-]`.
@@ -76,6 +78,38 @@ pub struct VmSpec {
     /// Extra QEMU arguments appended verbatim (before `-incoming`).
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// A sealed root disk for the verified boot (docs/attestation.md §4a); `initrd` must then
+    /// be the image's `initrd-verified.cpio` and `cmdline` carry `ppn.root=verity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedRoot>,
+}
+
+/// A sealed guest image as a VM boots it: the image (read-only on virtio-blk), its provisioning
+/// statement and the fleet's trust file (both on fw_cfg), and the statement's root hash (which
+/// the node's TCB puts in the VM's attestation reports; a verifier checks it against the
+/// statement).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedRoot {
+    pub disk: PathBuf,
+    pub statement: PathBuf,
+    pub trust: PathBuf,
+    /// Hex, 64 digits.
+    pub root_hash: String,
+}
+
+impl SealedRoot {
+    /// The root hash's bytes.
+    pub fn root_hash_bytes(&self) -> Option<[u8; 32]> {
+        let h = self.root_hash.as_bytes();
+        if h.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(std::str::from_utf8(&h[2 * i..2 * i + 2]).ok()?, 16).ok()?;
+        }
+        Some(out)
+    }
 }
 
 impl VmSpec {
@@ -98,6 +132,7 @@ impl VmSpec {
             cmdline: cmdline.into(),
             weights: Weights::default(),
             extra_args: Vec::new(),
+            sealed: None,
         }
     }
 
@@ -120,6 +155,24 @@ impl VmSpec {
             }
             if s.contains(',') {
                 return Err(SpecError::Comma { field, value: s.into_owned() });
+            }
+        }
+        if let Some(r) = &self.sealed {
+            for (field, p) in [("sealed.disk", &r.disk), ("sealed.statement", &r.statement), ("sealed.trust", &r.trust)]
+            {
+                let v = p.to_string_lossy();
+                if v.is_empty() {
+                    return Err(SpecError::Empty { field });
+                }
+                if v.contains(',') {
+                    return Err(SpecError::Comma { field, value: v.into_owned() });
+                }
+            }
+            if r.root_hash_bytes().is_none() {
+                return Err(SpecError::Sealed("a root hash of 64 hex digits"));
+            }
+            if !self.cmdline.split_whitespace().any(|w| w == ppn_guest_agent::image::VERITY_CMDLINE) {
+                return Err(SpecError::Sealed("`ppn.root=verity` on the kernel command line"));
             }
         }
         for (field, value) in [("cpu", self.weights.cpu), ("memory", self.weights.memory)] {
@@ -270,6 +323,9 @@ pub fn build_argv(spec: &VmSpec, paths: &VmPaths, accel: Accel, mode: &LaunchMod
     if mode.daemonize {
         push(&["-daemonize", "-pidfile", &path_str(&paths.pidfile())]);
     }
+    if let Some(r) = &spec.sealed {
+        a.extend(ppn_guest_agent::image::verity_args(&r.disk, &r.statement, &r.trust));
+    }
     a.extend(spec.extra_args.iter().cloned());
     if let Some(uri) = &mode.incoming {
         a.push("-incoming".into());
@@ -292,6 +348,35 @@ mod tests {
 
     fn spec() -> VmSpec {
         VmSpec::new("vm-1", 256, 2048, "/k/vmlinuz", "/k/initrd", "console=ttyS0 quiet")
+    }
+
+    #[test]
+    fn a_sealed_root_is_checked_and_boots_from_virtio_blk_with_fw_cfg() {
+        let mut s = spec();
+        s.sealed = Some(SealedRoot {
+            disk: "/img/web.img.sealed".into(),
+            statement: "/img/web.img.sealed.prov".into(),
+            trust: "/img/fleet.trust".into(),
+            root_hash: "ab".repeat(32),
+        });
+        assert!(matches!(s.validate(), Err(SpecError::Sealed(_))), "ppn.root=verity is missing");
+        s.cmdline += " ppn.root=verity";
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.sealed.as_ref().unwrap().root_hash_bytes(), Some([0xAB; 32]));
+        let a = build_argv(&s, &VmPaths::new("/state/vm-1"), Accel::Tcg, &LaunchMode::daemon()).join(" ");
+        assert!(a.contains("-drive file=/img/web.img.sealed,format=raw,if=none,id=ppnroot,readonly=on"), "{a}");
+        assert!(a.contains("-fw_cfg name=opt/org.ppnfabric/provisioning,file=/img/web.img.sealed.prov"), "{a}");
+        assert!(a.contains("-fw_cfg name=opt/org.ppnfabric/trust,file=/img/fleet.trust"), "{a}");
+        let mut bad = s.clone();
+        bad.sealed.as_mut().unwrap().root_hash = "xy".repeat(32);
+        assert!(matches!(bad.validate(), Err(SpecError::Sealed(_))));
+        let mut bad = s.clone();
+        bad.sealed.as_mut().unwrap().trust = "/a,b".into();
+        assert!(matches!(bad.validate(), Err(SpecError::Comma { field: "sealed.trust", .. })));
+        // A spec without a sealed root reads and writes as before.
+        let plain = serde_json::to_string(&spec()).unwrap();
+        assert!(!plain.contains("sealed"), "{plain}");
+        assert_eq!(serde_json::from_str::<VmSpec>(&plain).unwrap(), spec());
     }
 
     #[test]

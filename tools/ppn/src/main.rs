@@ -58,6 +58,9 @@ enum Command {
     /// Check an attestation report offline against the fleet's trust file and your nonce, and
     /// print the chain it checked (root -> node key -> image -> report).
     Verify(verify::VerifyArgs),
+    /// An attestation report on a VM that runs from a sealed image, for your nonce, signed by
+    /// its node's TCB: `ppn attest VM --nonce HEX > report.cbor`, then `ppn verify`.
+    Attest(verify::AttestArgs),
     /// Images: seal a guest image (dm-verity + a signed statement); build the seL4 node image
     /// (needs MICROKIT_SDK) and boot it in QEMU.
     Image {
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             Command::Ledger { command } => ledger::run(command).await,
             Command::Pair(args) => pair::run(args).await,
             Command::Verify(args) => verify::run(&args),
+            Command::Attest(args) => verify::attest(&args),
             Command::Fleet { command } => fleet::run(command).await,
             Command::Bench { command } => bench::run(command),
             Command::Image { command } => image::run(command).await,

@@ -23,6 +23,37 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct AttestArgs {
+    /// The VM (it must run from a sealed image: `ppn vm create --sealed`).
+    pub name: String,
+    #[command(flatten)]
+    pub on: crate::vm::On,
+    /// The verifier's nonce, in hex (8 to 64 bytes).
+    #[arg(long)]
+    pub nonce: String,
+    /// Write the report here instead of to standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `ppn attest VM --nonce HEX`: the node's `vm-attest` op; the report's bytes (CBOR) go to
+/// standard output or `--out`.
+pub fn attest(args: &AttestArgs) -> Result<ExitCode, String> {
+    use std::io::Write;
+    let nonce = unhex(&args.nonce).map_err(|e| format!("--nonce: {e}"))?;
+    if !(ppn_attest::NONCE_MIN..=ppn_attest::NONCE_MAX).contains(&nonce.len()) {
+        return Err(format!("--nonce: {} bytes; a nonce is 8 to 64 bytes", nonce.len()));
+    }
+    let v = args.on.call(serde_json::json!({ "op": "vm-attest", "name": args.name, "nonce": hex(&nonce) }))?;
+    let report = unhex(v["report"].as_str().ok_or("the node answered without a report")?)?;
+    match &args.out {
+        Some(p) => std::fs::write(p, &report).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => std::io::stdout().write_all(&report).map_err(|e| format!("standard output: {e}"))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -57,6 +57,13 @@ pub enum Command {
         /// Start it too.
         #[arg(long)]
         start: bool,
+        /// Boot a sealed image as the root filesystem, verified (`ppn image seal`'s output;
+        /// its statement is read from SEALED.prov): docs/attestation.md §4a.
+        #[arg(long, requires = "trust")]
+        sealed: Option<PathBuf>,
+        /// The fleet's trust file the guest checks the statement against (`ppn ledger trust`).
+        #[arg(long, requires = "sealed")]
+        trust: Option<PathBuf>,
     },
     /// Start a VM (QEMU, daemonized: it outlives ppn-node).
     Start {
@@ -203,15 +210,30 @@ pub enum LeaseCommand {
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Create { name, on, mem, max, vcpus, data_dir, start } => {
+        Command::Create { name, on, mem, max, vcpus, data_dir, start, sealed, trust } => {
             let cache = data_dir.join("ppn-guest");
             let img = image::ensure(&cache, &ImageOptions { agent: None, force: false, verbose: true })
                 .map_err(|e| format!("guest image in {}: {e}", cache.display()))?;
             let abs = |p: &std::path::Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
-            let spec = json!({
+            let mut spec = json!({
                 "name": name, "vcpus": vcpus, "base_mib": mem, "vmem_max_mib": max,
                 "kernel": abs(&img.kernel)?, "initrd": abs(&img.initrd)?, "cmdline": img.cmdline,
             });
+            if let (Some(disk), Some(trust)) = (sealed, trust) {
+                let mut prov = disk.clone().into_os_string();
+                prov.push(".prov");
+                let prov = PathBuf::from(prov);
+                let bytes = std::fs::read(&prov)
+                    .map_err(|e| format!("the sealed image's statement {}: {e}", prov.display()))?;
+                let p = ppn_attest::Provisioning::decode(&bytes).map_err(|e| format!("{}: {e}", prov.display()))?;
+                let root: String = p.verity.root_hash.iter().map(|b| format!("{b:02x}")).collect();
+                spec["initrd"] = json!(abs(&img.initrd_verified)?);
+                spec["cmdline"] = json!(format!("{} {}", img.cmdline, image::VERITY_CMDLINE));
+                spec["sealed"] = json!({
+                    "disk": abs(&disk)?, "statement": abs(&prov)?, "trust": abs(&trust)?, "root_hash": root,
+                });
+                println!("{name} boots the sealed image {:?} (root hash {root}), verified", p.image);
+            }
             on.call(json!({ "op": "vm-create", "spec": spec }))?;
             println!("created {name}: {mem} MiB, up to {max} MiB more by virtio-mem, {vcpus} vCPU");
             if start {

@@ -174,3 +174,125 @@ fn ppn_verify_checks_a_report_offline_and_names_each_broken_link() {
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
+
+/// Stops the fleet on every path out of the test.
+struct Fleet(PathBuf);
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_ppn")).args(["fleet", "down", "--dir"]).arg(&self.0).output();
+    }
+}
+
+/// The whole path on a one-node fleet: seal an image through the node's TCB, export the trust,
+/// run a VM from the sealed image (the guest checks it and boots verified), have the node's TCB
+/// attest it, stop the fleet, and verify the report offline.
+#[test]
+fn a_sealed_vm_boots_verified_and_its_report_verifies_offline() {
+    if std::env::var("PPN_SKIP_GUEST").as_deref() == Ok("1") {
+        eprintln!("PPN_SKIP_GUEST=1: skipping");
+        return;
+    }
+    let (Some(_), Some(mkfs)) = (veritysetup(), tool("mkfs.ext4")) else {
+        assert!(std::env::var_os("CI").is_none(), "veritysetup or mkfs.ext4 is missing on CI");
+        eprintln!("SKIPPED: veritysetup (cryptsetup-bin) or mkfs.ext4 (e2fsprogs) not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fleet_dir = dir.path().join("fleet");
+    let ppn_in = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ppn"))
+            .args(args)
+            .env("PPN_FLEET_DIR", &fleet_dir)
+            .env("PPN_PPN_TCB_BIN", ppn_conformance::locate_bin("ppn-tcb"))
+            .env("PPN_PPN_NODE_BIN", ppn_conformance::locate_bin("ppn-node"))
+            .env("PPN_DATA_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+            .output()
+            .expect("run ppn")
+    };
+    let ok = |out: Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    ok(ppn_in(&["fleet", "up", "--nodes", "1", "--lend-mib", "0"]), "fleet up");
+    let _fleet = Fleet(fleet_dir.clone());
+    let tcb = fleet_dir.join("node-0/tcb.sock");
+    assert!(tcb.exists(), "no TCB socket at {}", tcb.display());
+
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), "a sealed guest\n").unwrap();
+    let image = dir.path().join("web.img");
+    let mk =
+        Command::new(mkfs).args(["-q", "-F", "-b", "4096", "-d"]).arg(&tree).arg(&image).arg("8M").output().unwrap();
+    assert!(mk.status.success(), "{}", String::from_utf8_lossy(&mk.stderr));
+    let tcb_s = tcb.to_str().unwrap();
+    let sealed: serde_json::Value = serde_json::from_slice(&ok(
+        ppn_in(&["image", "seal", image.to_str().unwrap(), "--name", "web", "--socket", tcb_s, "--json"]),
+        "seal",
+    ))
+    .unwrap();
+    let trust = dir.path().join("fleet.trust");
+    std::fs::write(&trust, ok(ppn_in(&["ledger", "trust", "--socket", tcb_s]), "ledger trust")).unwrap();
+
+    let sealed_path = sealed["sealed"].as_str().unwrap();
+    let said = ok(
+        ppn_in(&[
+            "vm",
+            "create",
+            "web-1",
+            "--mem",
+            "256",
+            "--max",
+            "128",
+            "--sealed",
+            sealed_path,
+            "--trust",
+            trust.to_str().unwrap(),
+            "--start",
+        ]),
+        "vm create --sealed",
+    );
+    assert!(String::from_utf8_lossy(&said).contains("verified"), "{}", String::from_utf8_lossy(&said));
+    let serial = fleet_dir.join("node-0/node/vms/web-1/serial.log");
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        if text.contains("ppn-guest: starting the agent") {
+            assert!(text.contains("ppn-guest: verified boot: image web"), "{text}");
+            break;
+        }
+        assert!(!text.contains("REFUSING"), "{text}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(180), "the guest did not boot in 180 s:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let nonce = "6e6f6e63652d666f722d7765622d31";
+    let report = dir.path().join("report.cbor");
+    ok(ppn_in(&["attest", "web-1", "--nonce", nonce, "--out", report.to_str().unwrap()]), "attest");
+    // A nonce of 7 bytes is refused before the node is asked.
+    let short = ppn_in(&["attest", "web-1", "--nonce", "00112233445566"]);
+    assert!(!short.status.success() && String::from_utf8_lossy(&short.stderr).contains("8 to 64"));
+    drop(_fleet);
+
+    let verified = ok(
+        ppn_in(&["verify", report.to_str().unwrap(), "--roots", trust.to_str().unwrap(), "--nonce", nonce, "--json"]),
+        "verify",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&verified).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["vm"], "web-1");
+    assert_eq!(v["image"], "web");
+    assert_eq!(v["image_root_hash"], sealed["root_hash"]);
+    assert_eq!(v["node"], v["provisioned_by"]);
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    on_path.chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(name)).find(|p| p.is_file())
+}
