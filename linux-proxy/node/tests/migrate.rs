@@ -116,7 +116,12 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     seen.sort_by_key(|&(_, _, at)| at);
     seen.dedup_by_key(|&mut (n, c, _)| (n, c));
     let counters: Vec<u64> = seen.iter().map(|s| s.1).collect();
-    assert!(counters.windows(2).all(|w| w[0] <= w[1]), "counter went back: {seen:?}");
+    assert!(
+        counters.windows(2).all(|w| w[0] <= w[1]),
+        "counter went back: {seen:?}\n--- destination's console ---\n{}\n--- source's console ---\n{}",
+        serial_tail(f, 0),
+        serial_tail(f, 1)
+    );
     let last_src = seen.iter().filter(|s| s.0 == 1).map(|s| s.1).max().expect("reports from the source");
     let first_dst = seen.iter().find(|s| s.0 == 0).expect("reports from the destination");
     assert!(first_dst.1 > last_src, "destination's first counter {} <= source's last {last_src}", first_dst.1);
