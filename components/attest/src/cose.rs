@@ -36,13 +36,13 @@ pub fn parse(bytes: &[u8], max: usize, what: &'static str) -> Result<CoseSign1, 
     Ok(s)
 }
 
-/// Whether `s` is signed by `key` with `aad`.
-pub fn check(s: &CoseSign1, key: &VerifyingKey, aad: &[u8]) -> bool {
+/// Checks that `s` is signed by `key` with `aad`; `err` if not.
+pub fn check(s: &CoseSign1, key: &VerifyingKey, aad: &[u8], err: Error) -> Result<(), Error> {
     s.verify_signature(aad, |sig, tbs| {
         let sig: [u8; 64] = sig.try_into().map_err(|_| ())?;
         key.verify_strict(tbs, &Signature::from_bytes(&sig)).map_err(|_| ())
     })
-    .is_ok()
+    .map_err(|()| err)
 }
 
 /// A CBOR map with integer keys, each at most once; other shapes are refused.
@@ -123,9 +123,10 @@ mod tests {
         let key = SigningKey::from_bytes(&[3; 32]);
         let bytes = sign(&key, b"ppn/report/v1", alloc::vec![1, 2, 3], "x").unwrap();
         let s = parse(&bytes, 1024, "x").unwrap();
-        assert!(check(&s, &key.verifying_key(), b"ppn/report/v1"));
-        assert!(!check(&s, &key.verifying_key(), b"ppn/provision/v1"));
-        assert!(!check(&s, &SigningKey::from_bytes(&[4; 32]).verifying_key(), b"ppn/report/v1"));
+        let e = Error::ReportSignature;
+        assert!(check(&s, &key.verifying_key(), b"ppn/report/v1", e.clone()).is_ok());
+        assert!(check(&s, &key.verifying_key(), b"ppn/provision/v1", e.clone()).is_err());
+        assert!(check(&s, &SigningKey::from_bytes(&[4; 32]).verifying_key(), b"ppn/report/v1", e).is_err());
         assert_eq!(
             parse(&bytes, bytes.len() - 1, "x").unwrap_err(),
             Error::TooLong { what: "x", len: bytes.len(), max: bytes.len() - 1 }

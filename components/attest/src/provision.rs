@@ -21,7 +21,7 @@ use coset::cbor::value::Value;
 use ed25519_dalek::SigningKey;
 
 pub const PROVISION_PROFILE: &str = "tag:ppnfabric.org,2026:provision/v1";
-const AAD: &[u8] = b"ppn/provision/v1";
+pub(crate) const AAD: &[u8] = b"ppn/provision/v1";
 const WHAT: &str = "provisioning statement";
 const KEYS: [i64; 8] = [265, 6, -70100, -70101, -70102, -70103, -70104, -70105];
 
@@ -97,14 +97,6 @@ impl Provisioning {
         check_name(&image)?;
         let cert = KeyCert::decode(&m.bytes(-70105, WHAT)?)?;
         Ok((Self { bytes: bytes.to_vec(), image, verity, issued_unix_s, cert }, s))
-    }
-
-    /// Checks the statement's signature under `key` (its certificate's attestation key).
-    pub(crate) fn check_signature(s: &coset::CoseSign1, key: &ed25519_dalek::VerifyingKey) -> Result<(), Error> {
-        if !cose::check(s, key, AAD) {
-            return Err(Error::ProvisioningSignature);
-        }
-        Ok(())
     }
 
     /// Parses and checks a statement: its signer's certificate, the signer's standing in

@@ -23,7 +23,7 @@ use ed25519_dalek::SigningKey;
 use ppn_wire::{ByteArray, NodeId};
 
 pub const EAT_PROFILE: &str = "tag:ppnfabric.org,2026:eat/v1";
-const AAD: &[u8] = b"ppn/report/v1";
+pub(crate) const AAD: &[u8] = b"ppn/report/v1";
 const WHAT: &str = "attestation report";
 const KEYS: [i64; 8] = [265, 10, 6, -70001, -70002, -70003, -70004, -70005];
 
@@ -123,14 +123,6 @@ impl Report {
             return Err(Error::Cert("the report's node id is not the certificate's"));
         }
         Ok((Self { bytes: bytes.to_vec(), nonce, issued_unix_s, vm, image_root, provisioning, node, cert }, s))
-    }
-
-    /// Checks the report's signature under `key` (its certificate's attestation key).
-    pub(crate) fn check_signature(s: &coset::CoseSign1, key: &ed25519_dalek::VerifyingKey) -> Result<(), Error> {
-        if !cose::check(s, key, AAD) {
-            return Err(Error::ReportSignature);
-        }
-        Ok(())
     }
 
     /// Checks a report offline against the fleet's `trust` and the verifier's `nonce`, link by

@@ -59,7 +59,7 @@ impl<'t, T: Trust> Verifier<'t, T> {
         }
         let (p, s) = Provisioning::decode_parts(bytes)?;
         let key = self.attest_key(&p.cert, Role::Provisioner)?;
-        Provisioning::check_signature(&s, &key)?;
+        crate::cose::check(&s, &key, crate::provision::AAD, Error::ProvisioningSignature)?;
         if self.statements.len() >= CACHE_MAX {
             self.statements.clear();
         }
@@ -71,7 +71,7 @@ impl<'t, T: Trust> Verifier<'t, T> {
     pub fn verify_report(&mut self, bytes: &[u8], nonce: &[u8]) -> Result<Chain, Error> {
         let (report, s) = Report::decode_parts(bytes)?;
         let key = self.attest_key(&report.cert, Role::Reporter)?;
-        Report::check_signature(&s, &key)?;
+        crate::cose::check(&s, &key, crate::report::AAD, Error::ReportSignature)?;
         if report.nonce != nonce {
             return Err(Error::WrongNonce);
         }

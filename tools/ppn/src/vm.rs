@@ -226,7 +226,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
                 let bytes = std::fs::read(&prov)
                     .map_err(|e| format!("the sealed image's statement {}: {e}", prov.display()))?;
                 let p = ppn_attest::Provisioning::decode(&bytes).map_err(|e| format!("{}: {e}", prov.display()))?;
-                let root: String = p.verity.root_hash.iter().map(|b| format!("{b:02x}")).collect();
+                let root = crate::verify::hex(&p.verity.root_hash);
                 spec["initrd"] = json!(abs(&img.initrd_verified)?);
                 spec["cmdline"] = json!(format!("{} {}", img.cmdline, image::VERITY_CMDLINE));
                 spec["sealed"] = json!({
