@@ -104,6 +104,13 @@ impl Attester {
         &self.cert
     }
 
+    /// Gives up the attester for its handoff to the component that will hold it (on seL4, the
+    /// ledger PD hands it to the attest PD, which rebuilds it with [`Attester::with_cert`]): the
+    /// secret and the certificate. The caller wipes the secret once it has passed it on.
+    pub fn into_handoff(self) -> (Zeroizing<[u8; 32]>, KeyCert) {
+        (Zeroizing::new(self.key.to_bytes()), self.cert)
+    }
+
     pub fn node(&self) -> NodeId {
         self.cert.node
     }

@@ -1,10 +1,19 @@
-//! The ledger port: what the `lender` PD asks the `ledger` PD, by protected procedure call over
-//! the one-page `lender_ledger_buffer` (docs/sel4-image.md, "The ledger port").
+//! The ledger port: what the `lender` and `attest` PDs ask the `ledger` PD, by protected
+//! procedure call over a one-page buffer each (`lender_ledger_buffer`, `attest_ledger_buffer`;
+//! docs/sel4-image.md, "The ledger port"). Which caller may ask what is [`Caller::allows`]: the
+//! ledger answers an op on the other caller's channel with a refusal.
 //!
 //! The lender holds no keys and no ledger state. For every lease it commits, it asks the ledger
 //! to issue the lease's token; before lending it asks whether the borrower is trusted and not
 //! revoked; before every request it asks which of its leases' grants were revoked, and the time
 //! (the ledger's clock is the TCB's one clock, so a lease and its token expire together).
+//!
+//! The attest PD asks once, at its start, for the node's attestation key ([`Op::AttestKey`]): the
+//! ledger derives it from the identity seed at boot, hands the secret and its certificate over
+//! in the one reply, and drops its own copy; a second request is refused. That reply is the only
+//! message that carries a secret, which is why `attest_ledger_buffer` is mapped into the two
+//! secret-holding PDs only (`Region::handoff`), and why the attest PD wipes the page once it has
+//! copied the reply out.
 //!
 //! Every message, both ways, starts with an 8-byte header, little-endian:
 //!
@@ -16,7 +25,7 @@
 //! | 6 | 2 | `len` | `u16` LE: bytes of the body after the header |
 //! | 8 | `len` | body | per op, below |
 //!
-//! Request bodies: `NodeId` and `Now` none; `BorrowerTrusted` and `NodeRevoked` the node id
+//! Request bodies: `NodeId`, `Now` and `AttestKey` none; `BorrowerTrusted` and `NodeRevoked` the node id
 //! (8 bytes); `OwnGrantRevoked` the grant's sequence (`u64`); `IssueLeaseGrant` the borrower
 //! (8 bytes), the lease id, the expiry and the lender's `now` (three `u64`, Unix seconds).
 //!
@@ -48,7 +57,11 @@ pub const MAX_MESSAGE: usize = 256;
 /// The shared buffer's size: one page.
 pub const BUFFER_SIZE: u64 = 0x1000;
 
-/// PPC label from `lender`: "a ledger-port request is in the buffer".
+/// Bytes of an attestation-key certificate (`ppn_attest::cert::CERT_LEN`; the TCB core checks
+/// that they agree).
+pub const ATTEST_CERT_LEN: usize = 141;
+
+/// PPC label from `lender` or `attest`: "a ledger-port request is in the buffer".
 pub const CALL_PORT: u64 = 2;
 /// PPC reply label: "the reply is in the buffer".
 pub const REPLY_PORT: u64 = 2;
@@ -57,6 +70,7 @@ pub const REPLY_NONE: u64 = 0;
 
 const _: () = assert!(HEADER_LEN + 1 + 8 + 1 + TOKEN_MAX <= MAX_MESSAGE);
 const _: () = assert!(HEADER_LEN + 1 + 2 + 1 + MAX_DETAIL <= MAX_MESSAGE);
+const _: () = assert!(HEADER_LEN + 1 + 32 + ATTEST_CERT_LEN <= MAX_MESSAGE);
 const _: () = assert!(MAX_MESSAGE as u64 <= BUFFER_SIZE);
 
 /// What a request asks.
@@ -75,6 +89,37 @@ pub enum Op {
     OwnGrantRevoked = 5,
     /// Issue a lease's token: resource type Memory, resource id = the lease id.
     IssueLeaseGrant = 6,
+    /// Hand over the node's attestation key and its certificate (once; attest only).
+    AttestKey = 7,
+}
+
+/// Who is calling: each caller has a channel (and a buffer) of its own on the ledger's side, so
+/// the ledger knows which one asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The `lender` PD.
+    Lender,
+    /// The `attest` PD.
+    Attest,
+}
+
+impl Caller {
+    /// Whether this caller may ask `op`. The lender gets the ledger's answers about trust and
+    /// its lease tokens, never the attestation key; the attest PD gets its key, the node id and
+    /// the time, and nothing about leases or trust.
+    pub const fn allows(self, op: Op) -> bool {
+        match self {
+            Caller::Lender => !matches!(op, Op::AttestKey),
+            Caller::Attest => matches!(op, Op::NodeId | Op::Now | Op::AttestKey),
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Caller::Lender => "lender",
+            Caller::Attest => "attest",
+        }
+    }
 }
 
 impl Op {
@@ -87,15 +132,17 @@ impl Op {
             4 => Op::NodeRevoked,
             5 => Op::OwnGrantRevoked,
             6 => Op::IssueLeaseGrant,
+            7 => Op::AttestKey,
             _ => return None,
         })
     }
 }
 
-/// A request from the lender.
+/// A request from the lender or the attest PD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortRequest {
     NodeId,
+    AttestKey,
     Now,
     BorrowerTrusted(NodeId),
     NodeRevoked(NodeId),
@@ -112,6 +159,7 @@ impl PortRequest {
             PortRequest::NodeRevoked(_) => Op::NodeRevoked,
             PortRequest::OwnGrantRevoked(_) => Op::OwnGrantRevoked,
             PortRequest::IssueLeaseGrant { .. } => Op::IssueLeaseGrant,
+            PortRequest::AttestKey => Op::AttestKey,
         }
     }
 }
@@ -126,6 +174,11 @@ pub enum PortReply<'a> {
     Grant {
         sequence: u64,
         token: &'a [u8],
+    },
+    /// The attestation key's secret and its certificate.
+    AttestKey {
+        secret: &'a [u8; 32],
+        cert: &'a [u8; ATTEST_CERT_LEN],
     },
     Refused {
         code: ErrorCode,
@@ -221,7 +274,7 @@ pub fn encode_request(req: &PortRequest, out: &mut [u8]) -> Result<usize, PortEr
     let mut w = Writer { out, at: 0 };
     header(&mut w, req.op())?;
     match req {
-        PortRequest::NodeId | PortRequest::Now => {}
+        PortRequest::NodeId | PortRequest::Now | PortRequest::AttestKey => {}
         PortRequest::BorrowerTrusted(n) | PortRequest::NodeRevoked(n) => w.put(&n.0.0)?,
         PortRequest::OwnGrantRevoked(s) => w.put(&s.to_le_bytes())?,
         PortRequest::IssueLeaseGrant { borrower, lease, expires_unix_s, now_unix_s } => {
@@ -268,6 +321,11 @@ pub fn encode_reply(op: Op, reply: &PortReply<'_>, out: &mut [u8]) -> Result<usi
             w.put(&[token.len() as u8])?;
             w.put(token)?;
         }
+        PortReply::AttestKey { secret, cert } => {
+            w.put(&[0])?;
+            w.put(&secret[..])?;
+            w.put(&cert[..])?;
+        }
     }
     Ok(finish(w))
 }
@@ -307,7 +365,7 @@ fn node_at(b: &[u8], at: usize) -> NodeId {
 pub fn decode_request(msg: &[u8]) -> Result<PortRequest, PortError> {
     let (op, b) = open(msg)?;
     let want = match op {
-        Op::NodeId | Op::Now => 0,
+        Op::NodeId | Op::Now | Op::AttestKey => 0,
         Op::BorrowerTrusted | Op::NodeRevoked | Op::OwnGrantRevoked => 8,
         Op::IssueLeaseGrant => 32,
     };
@@ -317,6 +375,7 @@ pub fn decode_request(msg: &[u8]) -> Result<PortRequest, PortError> {
     Ok(match op {
         Op::NodeId => PortRequest::NodeId,
         Op::Now => PortRequest::Now,
+        Op::AttestKey => PortRequest::AttestKey,
         Op::BorrowerTrusted => PortRequest::BorrowerTrusted(node_at(b, 0)),
         Op::NodeRevoked => PortRequest::NodeRevoked(node_at(b, 0)),
         Op::OwnGrantRevoked => PortRequest::OwnGrantRevoked(u64_at(b, 0)),
@@ -374,6 +433,13 @@ pub fn decode_reply(asked: Op, msg: &[u8]) -> Result<PortReply<'_>, PortError> {
             }
             PortReply::Grant { sequence: u64_at(rest, 0), token: &rest[9..] }
         }
+        Op::AttestKey if rest.len() == 32 + ATTEST_CERT_LEN => {
+            let (secret, cert) = rest.split_at(32);
+            match (secret.try_into(), cert.try_into()) {
+                (Ok(secret), Ok(cert)) => PortReply::AttestKey { secret, cert },
+                _ => return Err(bad),
+            }
+        }
         _ => return Err(bad),
     })
 }
@@ -386,9 +452,10 @@ mod tests {
 
     const NODE: NodeId = NodeId(ByteArray([1, 2, 3, 4, 5, 6, 7, 8]));
 
-    fn requests() -> [PortRequest; 6] {
+    fn requests() -> [PortRequest; 7] {
         [
             PortRequest::NodeId,
+            PortRequest::AttestKey,
             PortRequest::Now,
             PortRequest::BorrowerTrusted(NODE),
             PortRequest::NodeRevoked(NODE),
@@ -431,7 +498,9 @@ mod tests {
     #[test]
     fn every_reply_round_trips_and_a_refusal_answers_any_op() {
         let token = [0xabu8; TOKEN_MAX];
-        let cases: [(Op, PortReply<'_>); 8] = [
+        let (secret, cert) = ([0x5au8; 32], [0xc3u8; ATTEST_CERT_LEN]);
+        let cases: [(Op, PortReply<'_>); 9] = [
+            (Op::AttestKey, PortReply::AttestKey { secret: &secret, cert: &cert }),
             (Op::NodeId, PortReply::NodeId(NODE)),
             (Op::Now, PortReply::Now(1_764_000_000)),
             (Op::BorrowerTrusted, PortReply::Answer(true)),
@@ -483,8 +552,8 @@ mod tests {
         let mut m = buf;
         m[5] = 0;
         assert_eq!(decode_request(&m[..n]), Err(PortError::UnknownOp(0)));
-        m[5] = 7;
-        assert_eq!(decode_request(&m[..n]), Err(PortError::UnknownOp(7)));
+        m[5] = 8;
+        assert_eq!(decode_request(&m[..n]), Err(PortError::UnknownOp(8)));
         let mut m = buf;
         m[6..8].copy_from_slice(&0xffffu16.to_le_bytes());
         assert_eq!(decode_request(&m), Err(PortError::Short { need: HEADER_LEN + 0xffff, have: MAX_MESSAGE }));
@@ -520,9 +589,27 @@ mod tests {
             encode_reply(Op::IssueLeaseGrant, &PortReply::Grant { sequence: 1, token: &[0; TOKEN_MAX + 1] }, &mut buf),
             Err(PortError::TokenTooLong(TOKEN_MAX + 1))
         );
+        // An attestation key one byte short or long.
+        for len in [32 + ATTEST_CERT_LEN - 1, 32 + ATTEST_CERT_LEN + 1] {
+            let mut body = std::vec![0u8; 1 + len];
+            body[0] = 0;
+            assert_eq!(
+                decode_reply(Op::AttestKey, &reply(Op::AttestKey, &body)),
+                Err(PortError::BadLength { op: Op::AttestKey, len: 1 + len })
+            );
+        }
         assert_eq!(
             std::format!("{}", PortError::BadLength { op: Op::Now, len: 3 }),
             "ledger port: Now with a body of 3 bytes"
         );
+    }
+
+    #[test]
+    fn the_lender_never_gets_the_attestation_key_and_attest_gets_nothing_about_leases() {
+        let all = [1u8, 2, 3, 4, 5, 6, 7].map(|b| Op::from_u8(b).unwrap());
+        for op in all {
+            assert_eq!(Caller::Lender.allows(op), op != Op::AttestKey, "lender, {op:?}");
+            assert_eq!(Caller::Attest.allows(op), matches!(op, Op::NodeId | Op::Now | Op::AttestKey), "attest, {op:?}");
+        }
     }
 }

@@ -12,15 +12,16 @@
 //! - [`SETVARS`]: the symbols Microkit patches with a DMA region's physical address;
 //! - [`ROUTES`]: which PD serves which wire service.
 //!
-//! The PD code uses the per-PD modules ([`link`], [`ledger`], [`lender`]) for its channel ids,
+//! The PD code uses the per-PD modules ([`link`], [`ledger`], [`lender`], [`attest`]) for its channel ids,
 //! addresses and sizes. `sdf/qemu_virt_aarch64.system` is written by hand and checked against these tables by
 //! `ppn sdf check` (crate `ppn-sdf`), so the SDF and the code cannot drift apart unnoticed.
 //! [`buffer`] is the layout of the request/response buffer a service PD shares with `link`;
-//! [`ledger_port`] is the tiny protocol the `lender` PD speaks to the `ledger` PD.
+//! [`ledger_port`] is the tiny protocol the `lender` and `attest` PDs speak to the `ledger` PD.
 //! `docs/sdf.md` draws the picture and says why each PD may touch what it touches.
 //!
 //! The unit tests hold the layout to its own rules: no two mappings overlap in one PD, every
-//! secret region is mapped into exactly one PD, every device region only into its driver,
+//! secret region is mapped into exactly one PD, a handoff region only into PDs that hold
+//! secrets, every device region only into its driver,
 //! channel ids are unique per PD and within Microkit's range, sizes are page multiples, and a
 //! protected procedure call only goes to a PD of strictly higher priority.
 #![no_std]
@@ -293,6 +294,10 @@ pub struct Region {
     pub size: u64,
     /// Holds TCB secrets (key material, ledger state): it may be mapped into exactly one PD.
     pub secret: bool,
+    /// Carries a secret from one secret-holding PD to another (the attestation key's handoff,
+    /// [`ledger_port::Op::AttestKey`]): it may be mapped only into the PDs the layout gives it,
+    /// each of which holds secrets.
+    pub handoff: bool,
     pub kind: RegionKind,
     /// What the region holds, for docs and error messages.
     pub purpose: &'static str,
@@ -391,8 +396,7 @@ pub struct Route {
     pub buffer: &'static Region,
 }
 
-/// The protection domains. `attest` joins when its core lands, with its own buffer and channel to
-/// `link` and a priority above `link`'s.
+/// The protection domains.
 pub mod pds {
     use super::Pd;
 
@@ -428,6 +432,19 @@ pub mod pds {
         holds_secrets: false,
         role: "serves the lender service: the pool's blocks and leases, its journal on a virtio-blk \
                disk of its own; asks ledger for lease tokens, trust and revocations; no keys",
+    };
+
+    /// The attestation PD: the node's attestation key, provisioning statements and reports.
+    /// Between `link` (which calls it) and `ledger` (which it calls once for its key, and for the
+    /// time).
+    pub const ATTEST: Pd = Pd {
+        name: "attest",
+        priority: 130,
+        stack_size: 0x4_0000,
+        program_image: "attest.elf",
+        holds_secrets: true,
+        role: "serves the attest service: signs provisioning statements and attestation reports with \
+               the node's attestation key, which it alone holds once ledger has handed it over at start",
     };
 }
 
@@ -473,7 +490,7 @@ pub mod devices {
 
 /// The memory regions.
 pub mod regions {
-    use super::{RegionKind, buffer, devices, ledger, ledger_port, lender, link};
+    use super::{RegionKind, attest, buffer, devices, ledger, ledger_port, lender, link};
     use crate::Region;
 
     /// The request/response buffer of `link` and `ledger` (layout: [`buffer`](crate::buffer)).
@@ -481,6 +498,7 @@ pub mod regions {
         name: "link_ledger_buffer",
         size: buffer::SIZE,
         secret: false,
+        handoff: false,
         kind: RegionKind::Ram,
         purpose: "one request frame from link, then the ledger's response frame",
     };
@@ -489,6 +507,7 @@ pub mod regions {
         name: "ledger_state",
         size: 0x40_0000,
         secret: true,
+        handoff: false,
         kind: RegionKind::Ram,
         purpose: "the ledger PD's heap: identity seed, signing and grant keys, ledger state",
     };
@@ -497,6 +516,7 @@ pub mod regions {
         name: "link_console_mmio",
         size: 0x1000,
         secret: false,
+        handoff: false,
         kind: RegionKind::Mmio { device: &devices::CONSOLE },
         purpose: "virtio-mmio registers of the console",
     };
@@ -505,6 +525,7 @@ pub mod regions {
         name: "link_console_dma",
         size: 0x4_0000,
         secret: false,
+        handoff: false,
         kind: RegionKind::Dma { device: &devices::CONSOLE, paddr_symbol: link::CONSOLE_DMA_PADDR_SYMBOL },
         purpose: "virtqueues and buffers of the console: bytes to and from the proxy",
     };
@@ -513,6 +534,7 @@ pub mod regions {
         name: "ledger_blk_mmio",
         size: 0x1000,
         secret: false,
+        handoff: false,
         kind: RegionKind::Mmio { device: &devices::BLK },
         purpose: "virtio-mmio registers of the ledger's disk",
     };
@@ -522,6 +544,7 @@ pub mod regions {
         name: "ledger_blk_dma",
         size: 0x4_0000,
         secret: true,
+        handoff: false,
         kind: RegionKind::Dma { device: &devices::BLK, paddr_symbol: ledger::BLK_DMA_PADDR_SYMBOL },
         purpose: "virtqueues and sector buffers of the ledger's disk",
     };
@@ -530,6 +553,7 @@ pub mod regions {
         name: "ledger_rng_mmio",
         size: 0x1000,
         secret: false,
+        handoff: false,
         kind: RegionKind::Mmio { device: &devices::RNG },
         purpose: "virtio-mmio registers of the entropy source",
     };
@@ -539,6 +563,7 @@ pub mod regions {
         name: "ledger_rng_dma",
         size: 0x1000,
         secret: true,
+        handoff: false,
         kind: RegionKind::Dma { device: &devices::RNG, paddr_symbol: ledger::RNG_DMA_PADDR_SYMBOL },
         purpose: "virtqueue and buffer of the entropy source: the bytes key generation uses",
     };
@@ -547,6 +572,7 @@ pub mod regions {
         name: "ledger_rtc_mmio",
         size: 0x1000,
         secret: false,
+        handoff: false,
         kind: RegionKind::Mmio { device: &devices::RTC },
         purpose: "PL031 registers of the machine's real-time clock (read only)",
     };
@@ -555,6 +581,7 @@ pub mod regions {
         name: "link_lender_buffer",
         size: buffer::SIZE,
         secret: false,
+        handoff: false,
         kind: RegionKind::Ram,
         purpose: "one lender request frame from link, then the lender's response frame",
     };
@@ -563,6 +590,7 @@ pub mod regions {
         name: "lender_ledger_buffer",
         size: ledger_port::BUFFER_SIZE,
         secret: false,
+        handoff: false,
         kind: RegionKind::Ram,
         purpose: "one ledger-port request from lender, then the ledger's reply",
     };
@@ -571,6 +599,7 @@ pub mod regions {
         name: "lender_pool",
         size: lender::POOL_SIZE,
         secret: false,
+        handoff: false,
         kind: RegionKind::Ram,
         purpose: "the lender's pool of 2 MiB blocks, zeroed by the lender's scrub",
     };
@@ -579,6 +608,7 @@ pub mod regions {
         name: "lender_blk_mmio",
         size: 0x1000,
         secret: false,
+        handoff: false,
         kind: RegionKind::Mmio { device: &devices::LENDER_BLK },
         purpose: "virtio-mmio registers of the lender's disk",
     };
@@ -587,8 +617,37 @@ pub mod regions {
         name: "lender_blk_dma",
         size: 0x4_0000,
         secret: false,
+        handoff: false,
         kind: RegionKind::Dma { device: &devices::LENDER_BLK, paddr_symbol: lender::BLK_DMA_PADDR_SYMBOL },
         purpose: "virtqueues and sector buffers of the lender's disk",
+    };
+    /// The request/response buffer of `link` and `attest` (layout: [`buffer`](crate::buffer)).
+    pub const LINK_ATTEST_BUFFER: Region = Region {
+        name: "link_attest_buffer",
+        size: buffer::SIZE,
+        secret: false,
+        handoff: false,
+        kind: RegionKind::Ram,
+        purpose: "one attest request frame from link, then the attest PD's response frame",
+    };
+    /// The attest PD's heap: its attestation key and certificate.
+    pub const ATTEST_STATE: Region = Region {
+        name: "attest_state",
+        size: attest::STATE_SIZE,
+        secret: true,
+        handoff: false,
+        kind: RegionKind::Ram,
+        purpose: "the attest PD's heap: the attestation key",
+    };
+    /// The attest PD's ledger port (layout: [`ledger_port`](crate::ledger_port)). It carries the
+    /// attestation key once, from `ledger` to `attest`, which wipes it.
+    pub const ATTEST_LEDGER_BUFFER: Region = Region {
+        name: "attest_ledger_buffer",
+        size: ledger_port::BUFFER_SIZE,
+        secret: false,
+        handoff: true,
+        kind: RegionKind::Ram,
+        purpose: "one ledger-port request from attest, then the ledger's reply (once: the attestation key)",
     };
 }
 
@@ -696,7 +755,9 @@ pub mod link {
     /// The channel to `lender`: `link` calls it (PPC) with a lender request in
     /// [`LENDER_BUFFER_VADDR`].
     pub const LENDER_CHANNEL: ChannelId = 2;
-    // Id 3 is kept for the channel to `attest`.
+    /// The channel to `attest`: `link` calls it (PPC) with an attest request in
+    /// [`ATTEST_BUFFER_VADDR`].
+    pub const ATTEST_CHANNEL: ChannelId = 3;
 
     /// The buffer shared with `ledger` (layout: [`buffer`]).
     pub const LEDGER_BUFFER_VADDR: u64 = 0x1000_0000;
@@ -706,6 +767,8 @@ pub mod link {
     pub const LENDER_BUFFER_VADDR: u64 = 0x1001_0000;
     /// Its size.
     pub const LENDER_BUFFER_SIZE: u64 = buffer::SIZE;
+    /// The buffer shared with `attest` (layout: [`buffer`]).
+    pub const ATTEST_BUFFER_VADDR: u64 = 0x1002_0000;
 
     /// The console's register page.
     pub const CONSOLE_MMIO_VADDR: u64 = 0x3000_0000;
@@ -736,6 +799,8 @@ pub mod ledger {
     /// request ([`ledger_port`](crate::ledger_port)); a port request on any other channel is
     /// refused.
     pub const LENDER_CHANNEL: ChannelId = 3;
+    /// The channel from `attest`: its ledger-port requests (the attestation key once, the time).
+    pub const ATTEST_CHANNEL: ChannelId = 4;
 
     /// The buffer shared with `link` (layout: [`buffer`]).
     pub const REQUEST_BUFFER_VADDR: u64 = 0x1000_0000;
@@ -743,6 +808,8 @@ pub mod ledger {
     pub const REQUEST_BUFFER_SIZE: u64 = buffer::SIZE;
     /// The ledger port's buffer, shared with `lender`.
     pub const LENDER_BUFFER_VADDR: u64 = 0x1001_0000;
+    /// The ledger port's buffer, shared with `attest`.
+    pub const ATTEST_BUFFER_VADDR: u64 = 0x1002_0000;
 
     /// The ledger's heap (secret: seed, keys, ledger state).
     pub const STATE_VADDR: u64 = 0x2000_0000;
@@ -829,8 +896,33 @@ pub mod lender {
     pub const BLK: Device = devices::LENDER_BLK;
 }
 
+/// What the `attest` PD's code uses.
+pub mod attest {
+    use super::{ChannelId, buffer, ledger_port};
+
+    /// The channel from `link`: `protected()` is entered with this id for every attest request.
+    pub const LINK_CHANNEL: ChannelId = 0;
+    /// The channel to `ledger`: `attest` calls it (PPC) with a ledger-port request in
+    /// [`LEDGER_BUFFER_VADDR`].
+    pub const LEDGER_CHANNEL: ChannelId = 1;
+
+    /// The buffer shared with `link` (layout: [`buffer`]).
+    pub const REQUEST_BUFFER_VADDR: u64 = 0x1000_0000;
+    /// Its size.
+    pub const REQUEST_BUFFER_SIZE: u64 = buffer::SIZE;
+    /// The ledger port's buffer, shared with `ledger` (layout: [`ledger_port`]).
+    pub const LEDGER_BUFFER_VADDR: u64 = 0x1001_0000;
+    /// Its size.
+    pub const LEDGER_BUFFER_SIZE: u64 = ledger_port::BUFFER_SIZE;
+
+    /// The heap (secret: the attestation key).
+    pub const STATE_VADDR: u64 = 0x2000_0000;
+    /// Its size: 1 MiB (a report is at most 2 KiB; the COSE and CBOR work allocates little).
+    pub const STATE_SIZE: u64 = 0x10_0000;
+}
+
 /// Every protection domain.
-pub const PDS: &[Pd] = &[pds::LINK, pds::LEDGER, pds::LENDER];
+pub const PDS: &[Pd] = &[pds::LINK, pds::LEDGER, pds::LENDER, pds::ATTEST];
 
 /// Every device.
 pub const DEVICES: &[Device] = &[devices::CONSOLE, devices::BLK, devices::RNG, devices::RTC, devices::LENDER_BLK];
@@ -851,6 +943,9 @@ pub const REGIONS: &[Region] = &[
     regions::LENDER_POOL,
     regions::LENDER_BLK_MMIO,
     regions::LENDER_BLK_DMA,
+    regions::LINK_ATTEST_BUFFER,
+    regions::ATTEST_STATE,
+    regions::ATTEST_LEDGER_BUFFER,
 ];
 
 /// Every mapping, grouped by PD.
@@ -867,6 +962,13 @@ pub const MAPPINGS: &[Mapping] = &[
         pd: &pds::LINK,
         region: &regions::LINK_LENDER_BUFFER,
         vaddr: link::LENDER_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    Mapping {
+        pd: &pds::LINK,
+        region: &regions::LINK_ATTEST_BUFFER,
+        vaddr: link::ATTEST_BUFFER_VADDR,
         perms: Perms::RW,
         cached: true,
     },
@@ -941,6 +1043,13 @@ pub const MAPPINGS: &[Mapping] = &[
         perms: Perms::RW,
         cached: true,
     },
+    Mapping {
+        pd: &pds::LEDGER,
+        region: &regions::ATTEST_LEDGER_BUFFER,
+        vaddr: ledger::ATTEST_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
     // lender
     Mapping {
         pd: &pds::LENDER,
@@ -977,6 +1086,28 @@ pub const MAPPINGS: &[Mapping] = &[
         perms: Perms::RW,
         cached: true,
     },
+    // attest
+    Mapping {
+        pd: &pds::ATTEST,
+        region: &regions::LINK_ATTEST_BUFFER,
+        vaddr: attest::REQUEST_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    Mapping {
+        pd: &pds::ATTEST,
+        region: &regions::ATTEST_LEDGER_BUFFER,
+        vaddr: attest::LEDGER_BUFFER_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
+    Mapping {
+        pd: &pds::ATTEST,
+        region: &regions::ATTEST_STATE,
+        vaddr: attest::STATE_VADDR,
+        perms: Perms::RW,
+        cached: true,
+    },
 ];
 
 /// Every channel between PDs.
@@ -995,6 +1126,16 @@ pub const CHANNELS: &[Channel] = &[
         a: End { pd: &pds::LENDER, id: lender::LEDGER_CHANNEL, pp: true, notify: false },
         b: End { pd: &pds::LEDGER, id: ledger::LENDER_CHANNEL, pp: false, notify: false },
         purpose: "lender calls ledger (PPC) with one ledger-port request in lender_ledger_buffer",
+    },
+    Channel {
+        a: End { pd: &pds::LINK, id: link::ATTEST_CHANNEL, pp: true, notify: false },
+        b: End { pd: &pds::ATTEST, id: attest::LINK_CHANNEL, pp: false, notify: false },
+        purpose: "link calls attest (PPC) with one attest request frame in link_attest_buffer",
+    },
+    Channel {
+        a: End { pd: &pds::ATTEST, id: attest::LEDGER_CHANNEL, pp: true, notify: false },
+        b: End { pd: &pds::LEDGER, id: ledger::ATTEST_CHANNEL, pp: false, notify: false },
+        purpose: "attest calls ledger (PPC) with one ledger-port request in attest_ledger_buffer",
     },
 ];
 
@@ -1019,8 +1160,8 @@ pub const SETVARS: &[Setvar] = &[
     Setvar { pd: &pds::LENDER, symbol: lender::BLK_DMA_PADDR_SYMBOL, region: &regions::LENDER_BLK_DMA },
 ];
 
-/// Which PD serves which wire service. A service missing here (attest until its PD lands) goes to
-/// `ledger`, which answers it with a `NotImplemented` error frame.
+/// Which PD serves which wire service. A service missing here goes to `ledger`, which answers it
+/// with a `NotImplemented` error frame.
 pub const ROUTES: &[Route] = &[
     Route {
         service: Service::Node,
@@ -1047,6 +1188,13 @@ pub const ROUTES: &[Route] = &[
         pd: &pds::LENDER,
         link_channel: link::LENDER_CHANNEL,
         buffer: &regions::LINK_LENDER_BUFFER,
+    },
+    // The attest PD: provisioning statements and reports, by the key only it holds.
+    Route {
+        service: Service::Attest,
+        pd: &pds::ATTEST,
+        link_channel: link::ATTEST_CHANNEL,
+        buffer: &regions::LINK_ATTEST_BUFFER,
     },
 ];
 

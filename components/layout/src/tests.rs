@@ -83,10 +83,26 @@ fn every_secret_region_is_mapped_into_exactly_one_pd_and_that_pd_holds_secrets()
 }
 
 #[test]
+fn a_handoff_region_is_mapped_only_into_pds_that_hold_secrets_and_no_secret_region_is_one() {
+    let handoffs: Vec<_> = REGIONS.iter().filter(|r| r.handoff).collect();
+    assert_eq!(handoffs.iter().map(|r| r.name).collect::<Vec<_>>(), ["attest_ledger_buffer"]);
+    for r in handoffs {
+        assert!(!r.secret, "{} is either secret (one PD) or a handoff (between two)", r.name);
+        let into: Vec<_> = mappings_of(r.name).map(|m| m.pd.name).collect();
+        assert_eq!(into, ["ledger", "attest"], "handoff region {} is mapped into {into:?}", r.name);
+        assert!(into.iter().all(|p| pd(p).unwrap().holds_secrets), "handoff region {} is mapped into {into:?}", r.name);
+    }
+    // The attestation key lives in the attest PD's own region, and nothing link reaches carries it.
+    assert_eq!(mappings_of("attest_state").map(|m| m.pd.name).collect::<Vec<_>>(), ["attest"]);
+    assert!(region("attest_state").unwrap().secret);
+    assert!(MAPPINGS.iter().filter(|m| m.pd.name == "link").all(|m| !m.region.secret && !m.region.handoff));
+}
+
+#[test]
 fn a_pd_that_holds_no_secrets_maps_no_secret_region() {
     assert!(!pd("link").unwrap().holds_secrets, "link holds no secrets");
     for m in MAPPINGS.iter().filter(|m| !m.pd.holds_secrets) {
-        assert!(!m.region.secret, "{} maps secret region {}", m.pd.name, m.region.name);
+        assert!(!m.region.secret && !m.region.handoff, "{} maps secret region {}", m.pd.name, m.region.name);
     }
     // And nothing link can reach is secret: the buffer it shares with the ledger is public.
     assert!(!region("link_ledger_buffer").unwrap().secret);
@@ -140,9 +156,13 @@ fn channel_ids_are_unique_per_pd_and_within_microkits_range() {
         }
     }
     // The ids the code names are the ones in the tables.
-    assert_eq!(used["link"], [link::LEDGER_CHANNEL, link::LENDER_CHANNEL, link::CONSOLE_IRQ]);
-    assert_eq!(used["ledger"], [ledger::LINK_CHANNEL, ledger::LENDER_CHANNEL, ledger::BLK_IRQ, ledger::RNG_IRQ]);
+    assert_eq!(used["link"], [link::LEDGER_CHANNEL, link::LENDER_CHANNEL, link::ATTEST_CHANNEL, link::CONSOLE_IRQ]);
+    assert_eq!(
+        used["ledger"],
+        [ledger::LINK_CHANNEL, ledger::LENDER_CHANNEL, ledger::ATTEST_CHANNEL, ledger::BLK_IRQ, ledger::RNG_IRQ]
+    );
     assert_eq!(used["lender"], [lender::LINK_CHANNEL, lender::LEDGER_CHANNEL, lender::BLK_IRQ]);
+    assert_eq!(used["attest"], [attest::LINK_CHANNEL, attest::LEDGER_CHANNEL]);
 }
 
 #[test]
@@ -269,7 +289,7 @@ fn every_region_is_mapped_and_every_pd_is_in_the_layout() {
     for r in REGIONS {
         assert!(mappings_of(r.name).next().is_some(), "{} is mapped nowhere", r.name);
     }
-    assert_eq!(pd_names(), ["link", "ledger", "lender"]);
+    assert_eq!(pd_names(), ["link", "ledger", "lender", "attest"]);
 }
 
 #[test]
@@ -299,12 +319,12 @@ fn the_len_field_round_trips_and_refuses_more_than_a_frame() {
 }
 
 #[test]
-fn link_routes_node_ledger_and_pair_to_the_ledger_and_lender_to_the_lender() {
+fn link_routes_node_ledger_and_pair_to_the_ledger_lender_to_the_lender_and_attest_to_attest() {
     assert_eq!(route(Service::Node).map(|r| r.pd.name), Some("ledger"));
     assert_eq!(route(Service::Ledger).map(|r| r.pd.name), Some("ledger"));
     assert_eq!(route(Service::Pair).map(|r| r.pd.name), Some("ledger"));
     assert_eq!(route(Service::Lender).map(|r| (r.pd.name, r.buffer.name)), Some(("lender", "link_lender_buffer")));
-    assert_eq!(route(Service::Attest), None);
+    assert_eq!(route(Service::Attest).map(|r| (r.pd.name, r.buffer.name)), Some(("attest", "link_attest_buffer")));
     assert_eq!(route(Service::Link), None);
     for r in ROUTES {
         let c = channel_between("link", r.pd.name).expect("a channel from link");

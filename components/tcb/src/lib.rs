@@ -54,6 +54,9 @@ pub struct TcbCore<S: Storage> {
     lender_elsewhere: bool,
     /// The node's attestation key and its certificate ([`boot`] derives it from the seed).
     attester: Option<ppn_attest::Attester>,
+    /// The attest service is answered by another component of this TCB (on seL4, the `attest`
+    /// PD, which the attester was handed to: [`TcbCore::hand_off_attester`]).
+    attest_elsewhere: bool,
     served: u64,
     failed: u64,
 }
@@ -67,6 +70,7 @@ impl<S: Storage> TcbCore<S> {
             lender: None,
             lender_elsewhere: false,
             attester: None,
+            attest_elsewhere: false,
             served: 0,
             failed: 0,
         }
@@ -81,6 +85,15 @@ impl<S: Storage> TcbCore<S> {
 
     pub fn attester(&self) -> Option<&ppn_attest::Attester> {
         self.attester.as_ref()
+    }
+
+    /// Takes the attester out of this core, for the component that will answer the attest
+    /// service from now on (on seL4, the ledger PD keeps it only until the attest PD asks for it
+    /// over the ledger port). `NodeStatus` goes on reporting the service ready and the
+    /// attestation key's public half.
+    pub fn hand_off_attester(&mut self) -> Option<ppn_attest::Attester> {
+        self.attest_elsewhere = true;
+        self.attester.take()
     }
 
     /// Gives the TCB a pool of lendable memory: the Lender service answers from then on.
@@ -129,7 +142,10 @@ impl<S: Storage> TcbCore<S> {
                     uptime_ms,
                     requests_served: self.served,
                     requests_failed: self.failed,
-                    services: &services(self.lender.is_some() || self.lender_elsewhere, self.attester.is_some()),
+                    services: &services(
+                        self.lender.is_some() || self.lender_elsewhere,
+                        self.attester.is_some() || self.attest_elsewhere,
+                    ),
                 };
                 Response::Node(self.node.handle(r, &rt))
             }

@@ -1,7 +1,8 @@
 //! The ledger port's two ends (`ppn_layout::ledger_port`): [`serve`] answers a port request
-//! from a [`LedgerPort`] (the seL4 ledger PD runs it on its ledger, for the lender PD's calls
-//! only), and [`RemoteLedger`] is a [`LedgerPort`] that asks across a [`PortTransport`] (the
-//! lender PD's protected procedure call).
+//! from a [`LedgerPort`] (the seL4 ledger PD runs it on its ledger, for the lender PD's and the
+//! attest PD's calls, each on its own channel), and [`RemoteLedger`] is a [`LedgerPort`] that
+//! asks across a [`PortTransport`] (the lender PD's protected procedure call);
+//! [`fetch_attester`] is the attest PD's one call for its key.
 //!
 //! Failures of the port itself (a broken transport, a reply that does not decode) are answered
 //! so that nothing new is lent and nothing lent is ended: `borrower_trusted` is false (a
@@ -11,16 +12,33 @@
 
 use alloc::format;
 use alloc::string::String;
-use ppn_layout::ledger_port::{self, MAX_MESSAGE, Op, PortError, PortReply, PortRequest};
+use ppn_attest::Attester;
+use ppn_attest::{CERT_LEN, KeyCert};
+use ppn_layout::ledger_port::{self, ATTEST_CERT_LEN, Caller, MAX_MESSAGE, Op, PortError, PortReply, PortRequest};
 use ppn_wire::service::{Grant, Token};
 use ppn_wire::{ErrorCode, NodeId};
+use zeroize::Zeroizing;
 
 use crate::lender::{LedgerPort, Refused};
 
-/// Answers one port request in `request` with the ledger `ledger`, whose clock reads
-/// `now_unix_s`; writes the reply into `out` (at least [`MAX_MESSAGE`] bytes) and returns its
-/// length. A request that does not decode is answered with a `BadFrame` refusal.
-pub fn serve(ledger: &mut impl LedgerPort, now_unix_s: u64, request: &[u8], out: &mut [u8]) -> usize {
+const _: () = assert!(ATTEST_CERT_LEN == CERT_LEN, "the port's certificate is ppn-attest's");
+
+/// Answers one port request in `request` from `caller` with the ledger `ledger`, whose clock
+/// reads `now_unix_s`; writes the reply into `out` (at least [`MAX_MESSAGE`] bytes) and returns
+/// its length. A request that does not decode is answered with a `BadFrame` refusal, an op the
+/// caller may not ask ([`Caller::allows`]) with a `Rejected` one.
+///
+/// `attester` is the attestation key waiting for its handoff: an `AttestKey` request takes it,
+/// and writes its secret into `out` (which the caller wipes once the reply is passed on); a
+/// second request finds nothing and is refused.
+pub fn serve(
+    ledger: &mut impl LedgerPort,
+    caller: Caller,
+    attester: &mut Option<Attester>,
+    now_unix_s: u64,
+    request: &[u8],
+    out: &mut [u8],
+) -> usize {
     let (op, detail);
     let reply = match ledger_port::decode_request(request) {
         Err(e) => {
@@ -29,9 +47,26 @@ pub fn serve(ledger: &mut impl LedgerPort, now_unix_s: u64, request: &[u8], out:
             detail = format!("{e}");
             PortReply::Refused { code: ErrorCode::BadFrame, detail: &detail }
         }
+        Ok(req) if !caller.allows(req.op()) => {
+            op = req.op();
+            detail = format!("{op:?} is not the {} PD's to ask", caller.name());
+            PortReply::Refused { code: ErrorCode::Rejected, detail: &detail }
+        }
         Ok(req) => {
             op = req.op();
             match req {
+                PortRequest::AttestKey => match attester.take() {
+                    Some(a) => {
+                        let (secret, cert) = a.into_handoff();
+                        let cert = Zeroizing::new(cert.encode());
+                        let reply = PortReply::AttestKey { secret: &secret, cert: &cert };
+                        return ledger_port::encode_reply(op, &reply, out).unwrap_or(0);
+                    }
+                    None => {
+                        detail = String::from("the attestation key was handed over already");
+                        PortReply::Refused { code: ErrorCode::Rejected, detail: &detail }
+                    }
+                },
                 PortRequest::NodeId => PortReply::NodeId(ledger.node_id()),
                 PortRequest::Now => PortReply::Now(now_unix_s),
                 PortRequest::BorrowerTrusted(n) => PortReply::Answer(ledger.borrower_trusted(&n)),
@@ -141,6 +176,28 @@ impl<T: PortTransport> RemoteLedger<T> {
 
     pub fn transport(&self) -> &T {
         &self.transport
+    }
+}
+
+/// The attest PD's call for its key: asks the ledger for the attestation key (once per boot)
+/// and rebuilds the attester, checking that the certificate is for this key. The reply, which
+/// held the secret, is wiped; the caller wipes the port's shared page.
+pub fn fetch_attester<T: PortTransport>(transport: &T) -> Result<Attester, CallError> {
+    let port = |e: PortError| CallError::Port(format!("{e}"));
+    let mut msg = [0u8; MAX_MESSAGE];
+    let n = ledger_port::encode_request(&PortRequest::AttestKey, &mut msg).map_err(port)?;
+    let mut reply = Zeroizing::new([0u8; MAX_MESSAGE]);
+    let len = transport.call(&msg[..n], &mut reply[..]).map_err(CallError::Port)?;
+    let got = reply.get(..len).ok_or_else(|| CallError::Port(format!("reply of {len} bytes")))?;
+    match ledger_port::decode_reply(Op::AttestKey, got).map_err(port)? {
+        PortReply::AttestKey { secret, cert } => {
+            let cert =
+                KeyCert::decode(cert).map_err(|e| CallError::Port(format!("attestation key certificate: {e}")))?;
+            Attester::with_cert(&Zeroizing::new(*secret), cert)
+                .map_err(|e| CallError::Port(format!("attestation key: {e}")))
+        }
+        PortReply::Refused { code, detail } => Err(CallError::Refused(code, String::from(detail))),
+        _ => Err(port(unexpected(Op::AttestKey))),
     }
 }
 

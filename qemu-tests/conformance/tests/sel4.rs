@@ -136,8 +136,8 @@ fn conformance_against_the_sel4_image() {
             Ok(what) => {
                 eprintln!("ok {name}: {what}");
                 if name == "every-kind-answered" {
-                    // Every kind is served: the lender PD's four, and the attest kinds by the
-                    // ledger PD's core.
+                    // Every kind is served: the lender PD's four, the attest PD's two, and the
+                    // rest by the ledger PD's core.
                     assert!(what.ends_with(" 0 not implemented here"), "{what}");
                 }
             }
@@ -151,6 +151,16 @@ fn conformance_against_the_sel4_image() {
         }
         Err(why) => panic!("attest on seL4: {why}\nconsole:\n{}", console(&log)),
     }
+    // The attest PD answered, with the key the ledger handed it: the one the node advertises.
+    let attest_key = Client::connect(&socket, Duration::from_secs(30))
+        .and_then(|mut c| c.public_keys())
+        .expect("public keys")
+        .attestation_key
+        .expect("an attestation key");
+    let attest_ready = format!(
+        "attest: ready: attestation key {} certified by node",
+        attest_key.0[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
 
     let mut restart = || {
         if let Some(mut b) = boot.take() {
@@ -168,6 +178,8 @@ fn conformance_against_the_sel4_image() {
     assert!(text.contains("ledger: ready: boot 2, identity from the disk"), "second boot:\n{text}");
     assert!(text.contains("lender: ready: 16 blocks of 2 MiB, 16 free, 0 lent; journal created"), "{text}");
     assert!(dir.path().join("lender.img").exists(), "the lender's own disk");
+    // Both boots handed the same key to the attest PD (the ledger derives it from the seed).
+    assert_eq!(text.matches(&attest_ready).count(), 2, "{attest_ready}:\n{text}");
 }
 
 /// The pairing ceremony between two TCBs, as `ppn fleet` drives it (`pair_locally`): each

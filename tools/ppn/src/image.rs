@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode};
 
 const SDF: &str = "sdf/qemu_virt_aarch64.system";
-const PDS: [&str; 3] = ["link", "ledger", "lender"];
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -96,9 +95,10 @@ fn build(board: &str, config: &str, repo: &Path, out: &Path) -> Result<ExitCode,
     eprintln!("ppn image: building the PDs in {}", ws.display());
     status("cargo build of the PDs", &mut cargo)?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    for pd in PDS {
-        let elf = ws.join("target/aarch64-ppn-sel4/release").join(format!("{pd}.elf"));
-        std::fs::copy(&elf, out.join(format!("{pd}.elf"))).map_err(|e| format!("{}: {e}", elf.display()))?;
+    // Every PD of the layout, by the program image name the SDF gives it.
+    for pd in ppn_layout::PDS {
+        let elf = ws.join("target/aarch64-ppn-sel4/release").join(pd.program_image);
+        std::fs::copy(&elf, out.join(pd.program_image)).map_err(|e| format!("{}: {e}", elf.display()))?;
     }
     let image = out.join("loader.img");
     let report = out.join("report.txt");

@@ -700,7 +700,7 @@ impl Checker<'_, '_> {
         // The secret and device rules hold for any PD, known to the layout or not.
         if let Some(r) = region {
             let expected = layout::mapping(pd_name, mr);
-            if r.secret && expected.is_none() {
+            if (r.secret || r.handoff) && expected.is_none() {
                 let owner = layout::mappings_of(mr).map(|m| m.pd.name).collect::<Vec<_>>().join(" and ");
                 self.push(SdfError::SecretShared {
                     at: self.at(node),

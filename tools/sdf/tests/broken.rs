@@ -109,11 +109,11 @@ fn the_same_channel_twice() {
 fn a_channel_end_with_the_wrong_id_or_both_ends_calling() {
     let text = edit(
         r#"<end pd="link" id="1" pp="true" notify="false" />"#,
-        r#"<end pd="link" id="3" pp="true" notify="false" />"#,
+        r#"<end pd="link" id="5" pp="true" notify="false" />"#,
     );
-    expect(&text, &[("mismatch", r#"<end pd="link" id="3""#)]);
+    expect(&text, &[("mismatch", r#"<end pd="link" id="5""#)]);
 
-    // The first channel's element is marked so that its line can be found (three <channel>s).
+    // The first channel's element is marked so that its line can be found (five <channel>s).
     let text = edit(
         "<channel>\n        <end pd=\"link\" id=\"1\" pp=\"true\" notify=\"false\" />\n        <end pd=\"ledger\" id=\"0\" notify=\"false\" />",
         "<channel><!-- first -->\n        <end pd=\"link\" id=\"1\" pp=\"true\" notify=\"false\" />\n        <end pd=\"ledger\" id=\"0\" pp=\"true\" notify=\"false\" />",
@@ -172,12 +172,27 @@ fn a_device_interrupt_or_dma_address_given_to_a_pd_that_does_not_drive_it() {
 
 #[test]
 fn a_pd_the_layout_does_not_know() {
-    let bad = r#"<protection_domain name="attest" priority="120">"#;
+    let bad = r#"<protection_domain name="audit" priority="120">"#;
     let text = edit(
         "    <!-- ===== Channels",
-        &format!("    {bad}<program_image path=\"attest.elf\" /></protection_domain>\n    <!-- ===== Channels"),
+        &format!("    {bad}<program_image path=\"audit.elf\" /></protection_domain>\n    <!-- ===== Channels"),
     );
     expect(&text, &[("unknown_pd", bad)]);
+}
+
+#[test]
+fn the_attestation_key_reaches_no_pd_but_attest_and_its_handoff_no_pd_but_ledger_and_attest() {
+    // The lender maps the attest PD's heap, and then the page the key is handed over in.
+    for (mr, vaddr) in [("attest_state", "0x5000_0000"), ("attest_ledger_buffer", "0x5010_0000")] {
+        let anchor = format!(r#"<map mr="{mr}" vaddr="{vaddr}" perms="r" />"#);
+        let text = edit(
+            r#"<map mr="lender_pool" vaddr="0x2000_0000" perms="rw" cached="true" />"#,
+            &format!("<map mr=\"lender_pool\" vaddr=\"0x2000_0000\" perms=\"rw\" cached=\"true\" />\n        {anchor}"),
+        );
+        let errors = expect(&text, &[("secret_shared", &anchor)]);
+        let owners = if mr == "attest_state" { "attest" } else { "ledger and attest" };
+        assert!(errors[0].to_string().ends_with(&format!("it may only be mapped into {owners}")), "{}", errors[0]);
+    }
 }
 
 #[test]

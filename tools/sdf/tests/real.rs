@@ -21,8 +21,24 @@ fn the_real_sdf_matches_the_layout() {
             setvars: ppn_layout::SETVARS.len(),
         }
     );
-    assert_eq!((summary.pds, summary.regions, summary.maps), (3, 14, 17));
-    assert_eq!((summary.channels, summary.irqs, summary.setvars), (3, 4, 4));
+    assert_eq!((summary.pds, summary.regions, summary.maps), (4, 17, 22));
+    assert_eq!((summary.channels, summary.irqs, summary.setvars), (5, 4, 4));
+}
+
+#[test]
+fn the_attest_pd_its_secret_heap_and_its_port_are_in_the_real_sdf() {
+    for needle in [
+        r#"<protection_domain name="attest" priority="130" stack_size="0x4_0000">"#,
+        r#"<memory_region name="attest_state" size="0x10_0000" />"#,
+        r#"<map mr="attest_state" vaddr="0x2000_0000" perms="rw" cached="true" />"#,
+        r#"<map mr="attest_ledger_buffer" vaddr="0x1002_0000" perms="rw" cached="true" />"#,
+        r#"<end pd="link" id="3" pp="true" notify="false" />"#,
+        r#"<end pd="attest" id="1" pp="true" notify="false" />"#,
+        r#"<end pd="ledger" id="4" notify="false" />"#,
+    ] {
+        assert!(REAL.contains(needle), "{needle}");
+    }
+    assert_eq!(REAL.matches(r#"mr="attest_state""#).count(), 1, "the attestation key's region is mapped once");
 }
 
 #[test]

@@ -9,7 +9,10 @@
 //!   device, no identity);
 //! - the wall clock that judges token expiry is the machine's PL031 real-time clock;
 //! - it answers the `lender` PD's ledger-port calls (`ppn_layout::ledger_port`: lease tokens,
-//!   trust, revocations, the time) on the lender's channel, and on no other.
+//!   trust, revocations, the time) on the lender's channel, and on no other;
+//! - it derives the attestation key at boot, as the hosted TCB does, but does not serve the
+//!   attest service: it hands the key to the `attest` PD at that PD's first port call, on the
+//!   attest PD's channel only, and keeps no copy.
 //!
 //! It boots with the same sequence as the hosted TCB (`ppn_tcb_core::boot`).
 #![no_std]
@@ -28,6 +31,7 @@ use core::cell::RefCell;
 use one_shot_mutex::sync::RawOneShotMutex;
 use ppn_journal::Journal;
 use ppn_journal::block::BlockStorage;
+use ppn_layout::ledger_port::Caller;
 use ppn_layout::{buffer, disk as areas, ledger as lay, ledger_port};
 use ppn_ledger::Roots;
 use ppn_microkit_support::{PortBuffer, RequestBuffer, timer};
@@ -36,6 +40,7 @@ use ppn_wire::MAX_FRAME_LEN;
 use ppn_wire::service::Platform;
 use sel4_dlmalloc::{DeferredStaticDlmalloc, StaticHeapBounds};
 use sel4_microkit::{Channel, ChannelSet, Handler, Infallible, MessageInfo, debug_println, protection_domain};
+use zeroize::Zeroizing;
 
 /// The heap lives in the secret `ledger_state` region (its bounds are set first thing in init).
 #[global_allocator]
@@ -53,6 +58,7 @@ static mut ppn_blk_dma_paddr: u64 = 0;
 
 const LINK: Channel = Channel::new(lay::LINK_CHANNEL as usize);
 const LENDER: Channel = Channel::new(lay::LENDER_CHANNEL as usize);
+const ATTEST: Channel = Channel::new(lay::ATTEST_CHANNEL as usize);
 const RNG_IRQ: Channel = Channel::new(lay::RNG_IRQ as usize);
 const BLK_IRQ: Channel = Channel::new(lay::BLK_IRQ as usize);
 
@@ -139,9 +145,13 @@ fn init() -> LedgerPd {
             booted.core
         }
     };
+    // The lender service is the lender PD's; this PD answers its ledger-port calls. The attest
+    // service is the attest PD's, and the attestation key waits here for its one port call.
+    let mut core = core.with_lender_elsewhere();
+    let attester = core.hand_off_attester();
     LedgerPd {
-        // The lender service is the lender PD's; this PD answers its ledger-port calls.
-        core: core.with_lender_elsewhere(),
+        core,
+        attester,
         _node_journal: booted.node_journal,
         clock,
         // SAFETY: REQUEST_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
@@ -150,6 +160,9 @@ fn init() -> LedgerPd {
         // SAFETY: LENDER_BUFFER_VADDR is this PD's read-write mapping of lender_ledger_buffer,
         // ledger_port::BUFFER_SIZE bytes (ppn-layout, checked against the SDF).
         port: unsafe { PortBuffer::new(lay::LENDER_BUFFER_VADDR) },
+        // SAFETY: ATTEST_BUFFER_VADDR is this PD's read-write mapping of attest_ledger_buffer,
+        // ledger_port::BUFFER_SIZE bytes (ppn-layout, checked against the SDF).
+        attest_port: unsafe { PortBuffer::new(lay::ATTEST_BUFFER_VADDR) },
         request: vec![0u8; buffer::FRAME_CAPACITY],
         response: vec![0u8; MAX_FRAME_LEN],
         started_ms: timer::uptime_ms(),
@@ -159,11 +172,16 @@ fn init() -> LedgerPd {
 struct LedgerPd {
     /// The node and ledger cores behind the same dispatch as the hosted TCB.
     core: TcbCore<Storage>,
+    /// The attestation key until the attest PD has asked for it; `None` afterwards.
+    attester: Option<ppn_attest::Attester>,
     /// The node journal stays open: it is the identity's home.
     _node_journal: Journal<Storage>,
     clock: rtc::Clock,
     buffer: RequestBuffer,
+    /// The lender's ledger port.
     port: PortBuffer,
+    /// The attest PD's ledger port.
+    attest_port: PortBuffer,
     request: Vec<u8>,
     response: Vec<u8>,
     started_ms: u64,
@@ -194,30 +212,52 @@ impl LedgerPd {
 }
 
 impl LedgerPd {
-    /// Answers one ledger-port call from the lender PD: the request is copied out of the shared
-    /// page before it is decoded, the reply written back.
-    fn handle_port(&mut self) {
+    /// Answers one ledger-port call from `caller` on its own page: the request is copied out of
+    /// the shared page before it is decoded, the reply written back. The reply may hold the
+    /// attestation key (the attest PD's one `AttestKey` call), so this PD's copy is wiped.
+    fn handle_port(&mut self, caller: Caller) {
+        let page = match caller {
+            Caller::Lender => self.port,
+            Caller::Attest => self.attest_port,
+        };
         let mut request = [0u8; ledger_port::MAX_MESSAGE];
-        let n = self.port.read(&mut request);
-        let mut reply = [0u8; ledger_port::MAX_MESSAGE];
+        let n = page.read(&mut request);
+        let mut reply = Zeroizing::new([0u8; ledger_port::MAX_MESSAGE]);
         let now = self.clock.now_unix_s();
-        let len = ppn_tcb_core::remote::serve(self.core.ledger_mut(), now, &request[..n], &mut reply);
-        self.port.write(&reply[..len]);
+        let len = ppn_tcb_core::remote::serve(
+            self.core.ledger_mut(),
+            caller,
+            &mut self.attester,
+            now,
+            &request[..n],
+            &mut reply[..],
+        );
+        page.write(&reply[..len]);
     }
 }
 
 impl Handler for LedgerPd {
     type Error = Infallible;
 
-    /// `link` calls with a request frame; `lender` with a ledger-port request. A call on any
-    /// other channel, or with the other's label, is refused with nothing read or written.
+    /// `link` calls with a request frame; `lender` and `attest` with a ledger-port request, each
+    /// on its own channel and page. A call on any other channel, or with another's label, is
+    /// refused with nothing read or written.
     fn protected(&mut self, channel: Channel, msg_info: MessageInfo) -> Result<MessageInfo, Self::Error> {
         if channel == LINK && msg_info.label() == buffer::CALL_FRAME {
             self.handle_buffer();
             return Ok(MessageInfo::new(buffer::REPLY_FRAME, 0));
         }
-        if channel == LENDER && msg_info.label() == ledger_port::CALL_PORT {
-            self.handle_port();
+        let caller = if channel == LENDER {
+            Some(Caller::Lender)
+        } else if channel == ATTEST {
+            Some(Caller::Attest)
+        } else {
+            None
+        };
+        if let Some(caller) = caller
+            && msg_info.label() == ledger_port::CALL_PORT
+        {
+            self.handle_port(caller);
             return Ok(MessageInfo::new(ledger_port::REPLY_PORT, 0));
         }
         Ok(MessageInfo::new(buffer::REPLY_NONE, 0))

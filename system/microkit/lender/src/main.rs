@@ -19,12 +19,12 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use ppn_journal::block::BlockStorage;
-use ppn_layout::{buffer, ledger_port, lender as lay, lender_disk};
+use ppn_layout::{buffer, lender as lay, lender_disk};
 use ppn_lender::BlockRange;
-use ppn_microkit_support::{PortBuffer, RequestBuffer, timer};
-use ppn_tcb_core::remote::{PortTransport, RemoteLedger};
+use ppn_microkit_support::{PortBuffer, PortCall, RequestBuffer, serve_frame, timer};
+use ppn_tcb_core::remote::RemoteLedger;
 use ppn_tcb_core::{LedgerPort, LenderService, Scrub};
-use ppn_wire::{ErrorCode, Header, MAX_FRAME_LEN, Request, Response};
+use ppn_wire::{ErrorCode, MAX_FRAME_LEN, Request, Response};
 use sel4_microkit::{Channel, ChannelSet, Handler, Infallible, MessageInfo, debug_println, protection_domain};
 
 /// Patched by Microkit with the physical address of `lender_blk_dma` (SDF `setvar`).
@@ -39,24 +39,6 @@ const BLK_IRQ: Channel = Channel::new(lay::BLK_IRQ as usize);
 const _: () = assert!(lay::BLOCK_BYTES == ppn_lender::BLOCK_BYTES as u64, "the layout's block is the lender's");
 
 type Storage = BlockStorage<disk::Disk>;
-
-/// The ledger port over the shared page and a protected procedure call to `ledger`.
-#[derive(Debug)]
-struct PortCall {
-    buffer: PortBuffer,
-}
-
-impl PortTransport for PortCall {
-    fn call(&self, request: &[u8], reply: &mut [u8]) -> Result<usize, String> {
-        self.buffer.write(request);
-        let answer = LEDGER.pp_call(MessageInfo::new(ledger_port::CALL_PORT, 0));
-        if answer.label() != ledger_port::REPLY_PORT {
-            return Err(format!("the ledger PD refused the port call (label {})", answer.label()));
-        }
-        // Copied into our own memory before it is decoded.
-        Ok(self.buffer.read(reply))
-    }
-}
 
 /// Zeroes pool blocks in `lender_pool`. The pool is this PD's memory alone and nothing reaches
 /// it by DMA, so zeroing through the cache and a barrier make the zeros what every later reader
@@ -145,7 +127,8 @@ impl LenderPd {
             // SAFETY: LEDGER_BUFFER_VADDR is this PD's read-write mapping of lender_ledger_buffer,
             // ledger_port::BUFFER_SIZE bytes (ppn-layout, checked against the SDF).
             let buffer = unsafe { PortBuffer::new(lay::LEDGER_BUFFER_VADDR) };
-            let remote = RemoteLedger::connect(PortCall { buffer }).map_err(|e| format!("ledger port: {e}"))?;
+            let remote =
+                RemoteLedger::connect(PortCall::new(buffer, LEDGER)).map_err(|e| format!("ledger port: {e}"))?;
             // Once, for the operator: what one port call (a PPC to ledger and back) costs.
             let (start, calls) = (timer::ticks(), 100u64);
             for _ in 0..calls {
@@ -188,29 +171,10 @@ impl LenderPd {
     /// Copies the request out of the shared buffer, then decodes and answers it; writes the
     /// response frame back.
     fn handle_buffer(&mut self) {
-        let (id, response) = match self.buffer.read_frame(&mut self.request) {
-            Ok(len) => {
-                let frame = &self.request[..len];
-                match ppn_wire::decode_request(frame) {
-                    Ok((id, request)) => (id, self.answer(&request)),
-                    Err(e) => {
-                        let id = Header::parse(frame).map(|h| h.request_id).unwrap_or(0);
-                        (id, Response::error(ErrorCode::BadFrame, &format!("{e}")))
-                    }
-                }
-            }
-            Err(_) => (0, Response::error(ErrorCode::BadFrame, "request length exceeds the frame buffer")),
-        };
-        let n = match ppn_wire::encode_response(id, &response, &mut self.response) {
-            Ok(n) => n,
-            Err(e) => {
-                let internal = Response::error(ErrorCode::Internal, &format!("{e}"));
-                ppn_wire::encode_response(id, &internal, &mut self.response).unwrap_or(0)
-            }
-        };
-        if self.buffer.write_frame(&self.response[..n]).is_err() {
-            debug_println!("lender: response frame too long for the buffer");
-        }
+        let (buffer, mut request, mut response) =
+            (self.buffer, core::mem::take(&mut self.request), core::mem::take(&mut self.response));
+        serve_frame(&buffer, &mut request, &mut response, "lender", |r| self.answer(r));
+        (self.request, self.response) = (request, response);
     }
 }
 

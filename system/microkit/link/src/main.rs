@@ -5,10 +5,11 @@
 //! (bad COBS, a chunk over the frame limit) is answered by `link` itself with a `BadFrame` error
 //! frame, as the hosted TCB answers it.
 //!
-//! `link` routes each frame by the service in its header (`ppn_layout::route`): lender requests
-//! to `lender` (through `link_lender_buffer`), everything else to `ledger`, which also answers
-//! what no PD serves yet (attest) with `NotImplemented`, like the hosted TCB, and every frame
-//! whose header does not parse with `BadFrame`.
+//! `link` routes each frame by the service in its header (`ppn_layout::ROUTES`): lender requests
+//! to `lender` (through `link_lender_buffer`), attest requests to `attest` (through
+//! `link_attest_buffer`), everything else to `ledger`, which also answers what no PD serves with
+//! `NotImplemented`, like the hosted TCB, and every frame whose header does not parse with
+//! `BadFrame`.
 #![no_std]
 #![no_main]
 
@@ -34,10 +35,6 @@ static CONSOLE_DMA: DmaPool = DmaPool::new(lay::CONSOLE_DMA_VADDR, lay::CONSOLE_
 dma_hal!(ConsoleHal, CONSOLE_DMA);
 
 const LEDGER: Channel = Channel::new(lay::LEDGER_CHANNEL as usize);
-const LENDER: Channel = Channel::new(lay::LENDER_CHANNEL as usize);
-
-/// The lender route's channel is the one the layout gives it (checked at compile time).
-const _: () = assert!(lay::LENDER_CHANNEL == 2 && lay::LEDGER_CHANNEL == 1);
 const CONSOLE_IRQ: Channel = Channel::new(lay::CONSOLE_IRQ as usize);
 
 /// The deframer holds a whole COBS chunk (over 16 KiB): more than link's stack, so it is static.
@@ -66,28 +63,51 @@ fn init() -> Link {
         Err(e) => panic!("link: virtio-console init failed: {e:?}"),
     };
     debug_println!("link: virtio-console ready on transport {}", lay::CONSOLE.transport().unwrap_or_default());
+    let routes = ppn_layout::ROUTES
+        .iter()
+        .filter_map(|r| {
+            let vaddr = ppn_layout::mapping("link", r.buffer.name)?.vaddr;
+            // SAFETY: vaddr is link's read-write mapping of the route's buffer region, of
+            // buffer::SIZE bytes (ppn-layout's tests check every route's buffer; `ppn sdf check`
+            // checks the SDF against the layout).
+            let buffer = unsafe { RequestBuffer::new(vaddr) };
+            Some((r.service, Callee { name: r.pd.name, channel: Channel::new(r.link_channel as usize), buffer }))
+        })
+        .collect();
     Link {
         console,
         // SAFETY: init runs once, before any handler, in this single-threaded PD: this is the only
         // reference to DEFRAMER ever made.
         deframer: unsafe { &mut *(&raw mut DEFRAMER) },
-        // SAFETY: LEDGER_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
-        // buffer::SIZE bytes (ppn-layout, checked against the SDF).
-        buffer: unsafe { RequestBuffer::new(lay::LEDGER_BUFFER_VADDR) },
-        // SAFETY: LENDER_BUFFER_VADDR is this PD's read-write mapping of link_lender_buffer,
-        // buffer::SIZE bytes (ppn-layout, checked against the SDF).
-        lender_buffer: unsafe { RequestBuffer::new(lay::LENDER_BUFFER_VADDR) },
+        ledger: Callee {
+            name: "ledger",
+            channel: LEDGER,
+            // SAFETY: LEDGER_BUFFER_VADDR is this PD's read-write mapping of link_ledger_buffer,
+            // buffer::SIZE bytes (ppn-layout, checked against the SDF).
+            buffer: unsafe { RequestBuffer::new(lay::LEDGER_BUFFER_VADDR) },
+        },
+        routes,
         input: Vec::with_capacity(4096),
         response: vec![0u8; MAX_FRAME_LEN],
         encoded: vec![0u8; MAX_ENCODED_LEN],
     }
 }
 
+/// A service PD as `link` calls it.
+#[derive(Debug, Clone, Copy)]
+struct Callee {
+    name: &'static str,
+    channel: Channel,
+    buffer: RequestBuffer,
+}
+
 struct Link {
     console: Console,
     deframer: &'static mut Deframer,
-    buffer: RequestBuffer,
-    lender_buffer: RequestBuffer,
+    /// Where every frame no route claims goes.
+    ledger: Callee,
+    /// The layout's routes.
+    routes: Vec<(Service, Callee)>,
     input: Vec<u8>,
     response: Vec<u8>,
     encoded: Vec<u8>,
@@ -100,15 +120,12 @@ impl core::fmt::Debug for Link {
 }
 
 impl Link {
-    /// Sends one request frame to the PD that serves its service (`ppn_layout::route`; `ledger`
+    /// Sends one request frame to the PD that serves its service (`ppn_layout::ROUTES`; `ledger`
     /// for anything else) and returns the length of the response it wrote into `self.response`.
     fn call(&mut self, frame: &[u8]) -> usize {
         let service = Header::parse(frame).map(|h| h.kind.service()).ok();
-        let to_lender = service
-            .and_then(ppn_layout::route)
-            .is_some_and(|r| r.service == Service::Lender && r.link_channel == lay::LENDER_CHANNEL);
-        let (buf, channel, name) =
-            if to_lender { (self.lender_buffer, LENDER, "lender") } else { (self.buffer, LEDGER, "ledger") };
+        let callee = service.and_then(|s| self.routes.iter().find(|(r, _)| *r == s)).map_or(self.ledger, |&(_, c)| c);
+        let Callee { name, channel, buffer: buf } = callee;
         if buf.write_frame(frame).is_err() {
             return self.error_frame("request frame exceeds the frame buffer");
         }

@@ -5,8 +5,13 @@
 //! - [`disk`]: a virtio-blk disk as a journal `BlockDevice`;
 //! - [`timer`]: the ARM generic timer (uptime);
 //! - [`RequestBuffer`]: the request/response buffer a service PD shares with `link`
-//!   (layout: `ppn_layout::buffer`), accessed only by volatile copies.
+//!   (layout: `ppn_layout::buffer`), accessed only by volatile copies, and [`serve_frame`], a
+//!   service PD's answer to one call;
+//! - [`PortBuffer`] and [`PortCall`]: a ledger port's page (`ppn_layout::ledger_port`) and the
+//!   protected procedure call to `ledger` across it.
 #![no_std]
+
+extern crate alloc;
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -253,10 +258,10 @@ impl RequestBuffer {
     }
 }
 
-/// The ledger port's buffer (`ppn_layout::ledger_port`), shared by `lender` and `ledger`: one
-/// message of at most `MAX_MESSAGE` bytes at offset 0, its length in its own header. The other
-/// side can rewrite it at any time, so every access is a volatile copy into or out of the PD's
-/// own memory, and only the copy is decoded.
+/// A ledger port's buffer (`ppn_layout::ledger_port`), shared by `ledger` and one caller
+/// (`lender` or `attest`): one message of at most `MAX_MESSAGE` bytes at offset 0, its length in
+/// its own header. The other side can rewrite it at any time, so every access is a volatile copy
+/// into or out of the PD's own memory, and only the copy is decoded.
 #[derive(Debug, Clone, Copy)]
 pub struct PortBuffer {
     base: *mut u8,
@@ -266,7 +271,7 @@ impl PortBuffer {
     /// The buffer mapped at `vaddr` (a `ppn_layout` constant).
     ///
     /// # Safety
-    /// `vaddr` must be the PD's read-write mapping of `lender_ledger_buffer`, of at least
+    /// `vaddr` must be the PD's read-write mapping of a ledger port's buffer, of at least
     /// `ppn_layout::ledger_port::BUFFER_SIZE` bytes, for the whole life of the program.
     pub const unsafe fn new(vaddr: u64) -> Self {
         Self { base: vaddr as *mut u8 }
@@ -292,5 +297,79 @@ impl PortBuffer {
             unsafe { core::ptr::write_volatile(self.base.add(i), b) };
         }
         core::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Zeroes the message area: what the attest PD does once it has copied the attestation key
+    /// out of its port's page.
+    pub fn wipe(&self) {
+        self.write(&[]);
+    }
+}
+
+/// A ledger port: its page, and the protected procedure call to `ledger` on `channel`.
+#[derive(Debug)]
+pub struct PortCall {
+    buffer: PortBuffer,
+    channel: sel4_microkit::Channel,
+}
+
+impl PortCall {
+    pub const fn new(buffer: PortBuffer, channel: sel4_microkit::Channel) -> Self {
+        Self { buffer, channel }
+    }
+
+    pub fn buffer(&self) -> &PortBuffer {
+        &self.buffer
+    }
+}
+
+impl ppn_tcb_core::remote::PortTransport for PortCall {
+    fn call(&self, request: &[u8], reply: &mut [u8]) -> Result<usize, alloc::string::String> {
+        use ppn_layout::ledger_port;
+        self.buffer.write(request);
+        let answer = self.channel.pp_call(sel4_microkit::MessageInfo::new(ledger_port::CALL_PORT, 0));
+        if answer.label() != ledger_port::REPLY_PORT {
+            return Err(alloc::format!("the ledger PD refused the port call (label {})", answer.label()));
+        }
+        // Copied into our own memory before it is decoded.
+        Ok(self.buffer.read(reply))
+    }
+}
+
+/// A service PD's answer to one call from `link`: copies the request frame out of `buffer` into
+/// `request` (the PD's own memory, at least `FRAME_CAPACITY` bytes), decodes it, answers it with
+/// `answer`, and writes the response frame (encoded in `response`, at least `MAX_FRAME_LEN`
+/// bytes) back. A frame that does not decode is answered `BadFrame` without reaching `answer`.
+/// `pd` names the PD in the one error it cannot send (a response too long for the buffer).
+pub fn serve_frame(
+    buffer: &RequestBuffer,
+    request: &mut [u8],
+    response: &mut [u8],
+    pd: &str,
+    answer: impl FnOnce(&ppn_wire::Request) -> ppn_wire::Response,
+) {
+    use ppn_wire::{ErrorCode, Header, Response};
+    let (id, reply) = match buffer.read_frame(request) {
+        Ok(len) => {
+            let frame = &request[..len];
+            match ppn_wire::decode_request(frame) {
+                Ok((id, r)) => (id, answer(&r)),
+                Err(e) => {
+                    let id = Header::parse(frame).map(|h| h.request_id).unwrap_or(0);
+                    (id, Response::error(ErrorCode::BadFrame, &alloc::format!("{e}")))
+                }
+            }
+        }
+        Err(_) => (0, Response::error(ErrorCode::BadFrame, "request length exceeds the frame buffer")),
+    };
+    let n = match ppn_wire::encode_response(id, &reply, response) {
+        Ok(n) => n,
+        Err(e) => {
+            let internal = Response::error(ErrorCode::Internal, &alloc::format!("{e}"));
+            ppn_wire::encode_response(id, &internal, response).unwrap_or(0)
+        }
+    };
+    if buffer.write_frame(&response[..n]).is_err() {
+        sel4_microkit::debug_println!("{pd}: response frame too long for the buffer");
     }
 }
