@@ -13,7 +13,8 @@
 //! in the one reply, and drops its own copy; a second request is refused. That reply is the only
 //! message that carries a secret, which is why `attest_ledger_buffer` is mapped into the two
 //! secret-holding PDs only (`Region::handoff`), and why the attest PD wipes the page once it has
-//! copied the reply out.
+//! copied the reply out. The attest PD also records each provisioning statement it signs in the
+//! ledger ([`Op::RecordProvisioning`]) before it hands the statement out.
 //!
 //! Every message, both ways, starts with an 8-byte header, little-endian:
 //!
@@ -25,15 +26,20 @@
 //! | 6 | 2 | `len` | `u16` LE: bytes of the body after the header |
 //! | 8 | `len` | body | per op, below |
 //!
-//! Request bodies: `NodeId`, `Now` and `AttestKey` none; `BorrowerTrusted` and `NodeRevoked` the node id
-//! (8 bytes); `OwnGrantRevoked` the grant's sequence (`u64`); `IssueLeaseGrant` the borrower
-//! (8 bytes), the lease id, the expiry and the lender's `now` (three `u64`, Unix seconds).
+//! Request bodies: `NodeId`, `Now` and `AttestKey` none; `BorrowerTrusted` and `NodeRevoked`
+//! the node id (8 bytes); `OwnGrantRevoked` the grant's sequence (`u64`); `IssueLeaseGrant` the
+//! borrower (8 bytes), the lease id, the expiry and the lender's `now` (three `u64`, Unix
+//! seconds); `RecordProvisioning` the image's root hash and the statement's SHA-256 (32 bytes
+//! each).
 //!
 //! A reply body starts with a status byte: 0 = answered, 1 = refused. An answer is, per op:
 //! `NodeId` the node id (8 bytes); `Now` a `u64`; the three questions one byte, 0 (no) or 1
 //! (yes); `IssueLeaseGrant` the grant's sequence (`u64`), the token's length (one byte, at most
-//! `TOKEN_MAX`) and the token. A refusal is the wire error code (`u16`), the detail's length
-//! (one byte, at most [`MAX_DETAIL`]) and the detail (UTF-8).
+//! `TOKEN_MAX`) and the token; `AttestKey` the attestation key's 32-byte secret, then its
+//! [`ATTEST_CERT_LEN`]-byte certificate (`ppn_attest::KeyCert`, signed by the node key);
+//! `RecordProvisioning` the id of the ledger record it authored (32 bytes). A refusal is the wire
+//! error code (`u16`), the detail's length (one byte, at most [`MAX_DETAIL`]) and the detail
+//! (UTF-8).
 //!
 //! Decoding checks the magic, the version, the op, that `len` fits what was read and is exactly
 //! what the op's body needs; anything else is a [`PortError`] naming what was wrong. The PPC
@@ -91,6 +97,8 @@ pub enum Op {
     IssueLeaseGrant = 6,
     /// Hand over the node's attestation key and its certificate (once; attest only).
     AttestKey = 7,
+    /// Author an `ImageProvisioned` ledger record (attest only).
+    RecordProvisioning = 8,
 }
 
 /// Who is calling: each caller has a channel (and a buffer) of its own on the ledger's side, so
@@ -106,11 +114,11 @@ pub enum Caller {
 impl Caller {
     /// Whether this caller may ask `op`. The lender gets the ledger's answers about trust and
     /// its lease tokens, never the attestation key; the attest PD gets its key, the node id and
-    /// the time, and nothing about leases or trust.
+    /// the time and the recording of its provisioning statements, nothing about leases or trust.
     pub const fn allows(self, op: Op) -> bool {
         match self {
-            Caller::Lender => !matches!(op, Op::AttestKey),
-            Caller::Attest => matches!(op, Op::NodeId | Op::Now | Op::AttestKey),
+            Caller::Lender => !matches!(op, Op::AttestKey | Op::RecordProvisioning),
+            Caller::Attest => matches!(op, Op::NodeId | Op::Now | Op::AttestKey | Op::RecordProvisioning),
         }
     }
 
@@ -133,6 +141,7 @@ impl Op {
             5 => Op::OwnGrantRevoked,
             6 => Op::IssueLeaseGrant,
             7 => Op::AttestKey,
+            8 => Op::RecordProvisioning,
             _ => return None,
         })
     }
@@ -148,6 +157,7 @@ pub enum PortRequest {
     NodeRevoked(NodeId),
     OwnGrantRevoked(u64),
     IssueLeaseGrant { borrower: NodeId, lease: u64, expires_unix_s: u64, now_unix_s: u64 },
+    RecordProvisioning { root_hash: [u8; 32], statement: [u8; 32] },
 }
 
 impl PortRequest {
@@ -160,6 +170,7 @@ impl PortRequest {
             PortRequest::OwnGrantRevoked(_) => Op::OwnGrantRevoked,
             PortRequest::IssueLeaseGrant { .. } => Op::IssueLeaseGrant,
             PortRequest::AttestKey => Op::AttestKey,
+            PortRequest::RecordProvisioning { .. } => Op::RecordProvisioning,
         }
     }
 }
@@ -175,6 +186,8 @@ pub enum PortReply<'a> {
         sequence: u64,
         token: &'a [u8],
     },
+    /// The id of the record `RecordProvisioning` authored.
+    Record([u8; 32]),
     /// The attestation key's secret and its certificate.
     AttestKey {
         secret: &'a [u8; 32],
@@ -283,6 +296,10 @@ pub fn encode_request(req: &PortRequest, out: &mut [u8]) -> Result<usize, PortEr
             w.put(&expires_unix_s.to_le_bytes())?;
             w.put(&now_unix_s.to_le_bytes())?;
         }
+        PortRequest::RecordProvisioning { root_hash, statement } => {
+            w.put(root_hash)?;
+            w.put(statement)?;
+        }
     }
     Ok(finish(w))
 }
@@ -321,6 +338,10 @@ pub fn encode_reply(op: Op, reply: &PortReply<'_>, out: &mut [u8]) -> Result<usi
             w.put(&[token.len() as u8])?;
             w.put(token)?;
         }
+        PortReply::Record(id) => {
+            w.put(&[0])?;
+            w.put(id)?;
+        }
         PortReply::AttestKey { secret, cert } => {
             w.put(&[0])?;
             w.put(&secret[..])?;
@@ -355,6 +376,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
+fn array32(b: &[u8], at: usize) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v.copy_from_slice(&b[at..at + 32]);
+    v
+}
+
 fn node_at(b: &[u8], at: usize) -> NodeId {
     let mut v = [0u8; 8];
     v.copy_from_slice(&b[at..at + 8]);
@@ -368,6 +395,7 @@ pub fn decode_request(msg: &[u8]) -> Result<PortRequest, PortError> {
         Op::NodeId | Op::Now | Op::AttestKey => 0,
         Op::BorrowerTrusted | Op::NodeRevoked | Op::OwnGrantRevoked => 8,
         Op::IssueLeaseGrant => 32,
+        Op::RecordProvisioning => 64,
     };
     if b.len() != want {
         return Err(PortError::BadLength { op, len: b.len() });
@@ -385,6 +413,9 @@ pub fn decode_request(msg: &[u8]) -> Result<PortRequest, PortError> {
             expires_unix_s: u64_at(b, 16),
             now_unix_s: u64_at(b, 24),
         },
+        Op::RecordProvisioning => {
+            PortRequest::RecordProvisioning { root_hash: array32(b, 0), statement: array32(b, 32) }
+        }
     })
 }
 
@@ -433,6 +464,7 @@ pub fn decode_reply(asked: Op, msg: &[u8]) -> Result<PortReply<'_>, PortError> {
             }
             PortReply::Grant { sequence: u64_at(rest, 0), token: &rest[9..] }
         }
+        Op::RecordProvisioning if rest.len() == 32 => PortReply::Record(array32(rest, 0)),
         Op::AttestKey if rest.len() == 32 + ATTEST_CERT_LEN => {
             let (secret, cert) = rest.split_at(32);
             match (secret.try_into(), cert.try_into()) {
@@ -452,8 +484,9 @@ mod tests {
 
     const NODE: NodeId = NodeId(ByteArray([1, 2, 3, 4, 5, 6, 7, 8]));
 
-    fn requests() -> [PortRequest; 7] {
+    fn requests() -> [PortRequest; 8] {
         [
+            PortRequest::RecordProvisioning { root_hash: [1; 32], statement: [2; 32] },
             PortRequest::NodeId,
             PortRequest::AttestKey,
             PortRequest::Now,
@@ -499,7 +532,8 @@ mod tests {
     fn every_reply_round_trips_and_a_refusal_answers_any_op() {
         let token = [0xabu8; TOKEN_MAX];
         let (secret, cert) = ([0x5au8; 32], [0xc3u8; ATTEST_CERT_LEN]);
-        let cases: [(Op, PortReply<'_>); 9] = [
+        let cases: [(Op, PortReply<'_>); 10] = [
+            (Op::RecordProvisioning, PortReply::Record([0x77; 32])),
             (Op::AttestKey, PortReply::AttestKey { secret: &secret, cert: &cert }),
             (Op::NodeId, PortReply::NodeId(NODE)),
             (Op::Now, PortReply::Now(1_764_000_000)),
@@ -552,8 +586,8 @@ mod tests {
         let mut m = buf;
         m[5] = 0;
         assert_eq!(decode_request(&m[..n]), Err(PortError::UnknownOp(0)));
-        m[5] = 8;
-        assert_eq!(decode_request(&m[..n]), Err(PortError::UnknownOp(8)));
+        m[5] = 9;
+        assert_eq!(decode_request(&m[..n]), Err(PortError::UnknownOp(9)));
         let mut m = buf;
         m[6..8].copy_from_slice(&0xffffu16.to_le_bytes());
         assert_eq!(decode_request(&m), Err(PortError::Short { need: HEADER_LEN + 0xffff, have: MAX_MESSAGE }));
@@ -606,10 +640,11 @@ mod tests {
 
     #[test]
     fn the_lender_never_gets_the_attestation_key_and_attest_gets_nothing_about_leases() {
-        let all = [1u8, 2, 3, 4, 5, 6, 7].map(|b| Op::from_u8(b).unwrap());
+        let all = [1u8, 2, 3, 4, 5, 6, 7, 8].map(|b| Op::from_u8(b).unwrap());
         for op in all {
-            assert_eq!(Caller::Lender.allows(op), op != Op::AttestKey, "lender, {op:?}");
-            assert_eq!(Caller::Attest.allows(op), matches!(op, Op::NodeId | Op::Now | Op::AttestKey), "attest, {op:?}");
+            let attests = matches!(op, Op::AttestKey | Op::RecordProvisioning);
+            assert_eq!(Caller::Lender.allows(op), !attests, "lender, {op:?}");
+            assert_eq!(Caller::Attest.allows(op), attests || matches!(op, Op::NodeId | Op::Now), "attest, {op:?}");
         }
     }
 }

@@ -355,6 +355,8 @@ impl<S: Storage> Ledger<S> {
                 self.revoked_by.entry(node).or_default().push(r.id);
             }
             Body::GrantRevoked { issuer, first, last } => self.revocations.revoke_grants(issuer, first, last),
+            // A fact about the author, kept in the DAG; nothing else changes.
+            Body::ImageProvisioned { .. } => {}
         }
         self.dag.insert(r);
         Ok(())

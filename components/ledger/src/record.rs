@@ -6,7 +6,7 @@
 //! offset      size    field
 //!  0           2      magic        b"PR"
 //!  2           1      version      1
-//!  3           1      kind         1 NodeAdmitted, 2 NodeRevoked, 3 GrantRevoked
+//!  3           1      kind         1 NodeAdmitted, 2 NodeRevoked, 3 GrantRevoked, 4 ImageProvisioned
 //!  4           8      author       node id of the signing node
 //! 12           8      created      u64, seconds since the Unix epoch (author's clock, informative)
 //! 20           1      parents n    0 ..= MAX_PARENTS
@@ -14,6 +14,8 @@
 //! 21+32n       b      body         NodeAdmitted: signing public key (32), WireGuard public key (32)
 //!                                  NodeRevoked:  node id (8)
 //!                                  GrantRevoked: issuer (8), first u64, last u64, first <= last
+//!                                  ImageProvisioned: dm-verity root hash (32), SHA-256 of the
+//!                                                    provisioning statement (32)
 //! 21+32n+b    64      signature    Ed25519 by the author over "ppn/record/v1" || bytes before it
 //! ```
 //!
@@ -56,6 +58,10 @@ pub enum Body {
     NodeRevoked { node: NodeId },
     /// Grants of `issuer` with `first <= sequence <= last` are revoked.
     GrantRevoked { issuer: NodeId, first: u64, last: u64 },
+    /// The author's TCB signed a provisioning statement (docs/attestation.md) for a sealed image
+    /// whose dm-verity root hash is `root_hash`; `statement` is the SHA-256 of the statement's
+    /// bytes. The fleet's record of what each node provisioned, gossiped like any record.
+    ImageProvisioned { root_hash: [u8; 32], statement: [u8; 32] },
 }
 
 impl Body {
@@ -64,6 +70,7 @@ impl Body {
             Body::NodeAdmitted { .. } => 1,
             Body::NodeRevoked { .. } => 2,
             Body::GrantRevoked { .. } => 3,
+            Body::ImageProvisioned { .. } => 4,
         }
     }
 }
@@ -119,6 +126,7 @@ fn body_len(kind: u8) -> Result<usize, RecordError> {
         1 => Ok(64),
         2 => Ok(8),
         3 => Ok(24),
+        4 => Ok(64),
         k => Err(RecordError::Kind(k)),
     }
 }
@@ -165,6 +173,13 @@ impl Record {
                 Body::NodeAdmitted { key, wireguard }
             }
             2 => Body::NodeRevoked { node: id8(bytes, body_at) },
+            4 => {
+                let mut root_hash = [0u8; 32];
+                root_hash.copy_from_slice(&bytes[body_at..body_at + 32]);
+                let mut statement = [0u8; 32];
+                statement.copy_from_slice(&bytes[body_at + 32..body_at + 64]);
+                Body::ImageProvisioned { root_hash, statement }
+            }
             _ => {
                 let (first, last) = (u64_at(bytes, body_at + 8), u64_at(bytes, body_at + 16));
                 if first > last {
@@ -216,6 +231,10 @@ impl Record {
                 b.extend_from_slice(&first.to_le_bytes());
                 b.extend_from_slice(&last.to_le_bytes());
             }
+            Body::ImageProvisioned { root_hash, statement } => {
+                b.extend_from_slice(&root_hash);
+                b.extend_from_slice(&statement);
+            }
         }
         let sig = key.sign(&signed_message(&b));
         b.extend_from_slice(&sig.to_bytes());
@@ -252,6 +271,7 @@ mod tests {
             Body::NodeAdmitted { key: [5; 32], wireguard: [6; 32] },
             Body::NodeRevoked { node: NodeId(ByteArray([6; 8])) },
             Body::GrantRevoked { issuer: NodeId(ByteArray([7; 8])), first: 3, last: 9 },
+            Body::ImageProvisioned { root_hash: [8; 32], statement: [9; 32] },
         ] {
             let r = Record::sign(&k, NodeId(ByteArray([1; 8])), 42, &parents, body);
             assert_eq!(r.parents, [ByteArray([1; 32]), ByteArray([3; 32])]);
@@ -317,9 +337,9 @@ mod tests {
 
     #[test]
     fn every_body_fits_the_largest_record() {
-        for kind in 1..=3 {
+        for kind in 1..=4 {
             assert!(body_len(kind).unwrap() <= MAX_BODY, "kind {kind}");
         }
-        assert!(body_len(4).is_err());
+        assert!(body_len(5).is_err());
     }
 }

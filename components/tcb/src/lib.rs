@@ -185,7 +185,7 @@ impl<S: Storage> TcbCore<S> {
             }
             Request::Attest(r) if self.attester.is_some() => {
                 let attester = self.attester.as_ref().expect("checked by the guard");
-                match attest::handle(attester, r, now_unix_s) {
+                match attest::handle(attester, r, now_unix_s, &mut self.ledger) {
                     Ok(a) => Response::Attest(a),
                     Err((code, detail)) => Response::error(code, &detail),
                 }

@@ -19,6 +19,7 @@ use ppn_wire::service::{Grant, Token};
 use ppn_wire::{ErrorCode, NodeId};
 use zeroize::Zeroizing;
 
+use crate::attest::ProvisioningLog;
 use crate::lender::{LedgerPort, Refused};
 
 const _: () = assert!(ATTEST_CERT_LEN == CERT_LEN, "the port's certificate is ppn-attest's");
@@ -32,7 +33,7 @@ const _: () = assert!(ATTEST_CERT_LEN == CERT_LEN, "the port's certificate is pp
 /// and writes its secret into `out` (which the caller wipes once the reply is passed on); a
 /// second request finds nothing and is refused.
 pub fn serve(
-    ledger: &mut impl LedgerPort,
+    ledger: &mut (impl LedgerPort + ProvisioningLog),
     caller: Caller,
     attester: &mut Option<Attester>,
     now_unix_s: u64,
@@ -67,6 +68,16 @@ pub fn serve(
                         PortReply::Refused { code: ErrorCode::Rejected, detail: &detail }
                     }
                 },
+                PortRequest::RecordProvisioning { root_hash, statement } => {
+                    // The ledger's clock dates the record.
+                    match ledger.record_provisioning(root_hash, statement, now_unix_s) {
+                        Ok(id) => PortReply::Record(id),
+                        Err((code, d)) => {
+                            detail = d;
+                            PortReply::Refused { code, detail: &detail }
+                        }
+                    }
+                }
                 PortRequest::NodeId => PortReply::NodeId(ledger.node_id()),
                 PortRequest::Now => PortReply::Now(now_unix_s),
                 PortRequest::BorrowerTrusted(n) => PortReply::Answer(ledger.borrower_trusted(&n)),
@@ -198,6 +209,26 @@ pub fn fetch_attester<T: PortTransport>(transport: &T) -> Result<Attester, CallE
         }
         PortReply::Refused { code, detail } => Err(CallError::Refused(code, String::from(detail))),
         _ => Err(port(unexpected(Op::AttestKey))),
+    }
+}
+
+impl<T: PortTransport> ProvisioningLog for RemoteLedger<T> {
+    /// Asks the ledger to author the record; the ledger's clock dates it, not `now_unix_s`.
+    fn record_provisioning(
+        &mut self,
+        root_hash: [u8; 32],
+        statement: [u8; 32],
+        _now_unix_s: u64,
+    ) -> Result<[u8; 32], (ErrorCode, String)> {
+        let req = PortRequest::RecordProvisioning { root_hash, statement };
+        let r = call_with(&self.transport, &req, |r| match r {
+            PortReply::Record(id) => Ok(id),
+            _ => Err(unexpected(Op::RecordProvisioning)),
+        });
+        r.map_err(|e| match e {
+            CallError::Refused(code, d) => (code, d),
+            CallError::Port(d) => (ErrorCode::Internal, d),
+        })
     }
 }
 

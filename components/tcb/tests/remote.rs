@@ -6,12 +6,16 @@
 use ppn_attest::{Attester, VerityParams};
 use ppn_journal::mem::MemStorage;
 use ppn_layout::ledger_port::{self, Caller, MAX_MESSAGE, Op, PortReply, PortRequest};
+use ppn_ledger::Body;
 use ppn_lender::BlockRange;
 use ppn_tcb_core::remote::{CallError, PortTransport, RemoteLedger, fetch_attester, serve};
 use ppn_tcb_core::{Booted, LedgerPort, LenderService, Scrub};
+use ppn_wire::message::{AttestRequest, AttestResponse};
 use ppn_wire::message::{LedgerRequest, LenderRequest, LenderResponse, NodeRequest, NodeResponse};
+use ppn_wire::service::SignRootHash;
 use ppn_wire::service::{CommitLease, Release, Reserve, Revoke, RevokeTarget, ServiceState, VerifyToken};
 use ppn_wire::{ErrorCode, NodeId, Request, Response};
+use sha2::Digest as _;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -221,8 +225,32 @@ fn the_attestation_key_is_handed_to_the_attest_pd_once_and_never_to_the_lender()
         r => panic!("{r:?}"),
     }
     // It can still read the time and the node id through the port.
-    let remote = RemoteLedger::connect(attest.clone()).unwrap();
+    let mut remote = RemoteLedger::connect(attest.clone()).unwrap();
     assert_eq!((remote.node_id(), remote.now_unix_s()), (keys(1).node_id(), Ok(NOW)));
+
+    // A statement it signs is in the ledger, recorded across the port, before it is handed out;
+    // the lender may not record one.
+    let records = ledger_tcb.borrow().core.ledger().dag().len();
+    let sign = AttestRequest::SignRootHash(SignRootHash {
+        image: "img".try_into().unwrap(),
+        root_hash: ppn_wire::ByteArray(verity.root_hash),
+        salt: ppn_wire::ByteArray(verity.salt),
+        data_blocks: verity.data_blocks,
+        hash_offset: verity.hash_offset,
+    });
+    let Ok(AttestResponse::SignRootHash(st)) = ppn_tcb_core::attest::handle(&fetched, &sign, NOW, &mut remote) else {
+        panic!("SignRootHash in the attest PD failed");
+    };
+    let digest: [u8; 32] = sha2::Sha256::digest(&st.statement).into();
+    {
+        let t = ledger_tcb.borrow();
+        assert_eq!(t.core.ledger().dag().len(), records + 1);
+        let r = t.core.ledger().dag().iter().find(|r| matches!(r.body, Body::ImageProvisioned { .. })).unwrap();
+        assert_eq!(r.body, Body::ImageProvisioned { root_hash: verity.root_hash, statement: digest });
+        assert_eq!(r.author, keys(1).node_id());
+    }
+    let (code, detail) = refusal(&lender, PortRequest::RecordProvisioning { root_hash: [1; 32], statement: [2; 32] });
+    assert_eq!((code, detail.as_str()), (ErrorCode::Rejected, "RecordProvisioning is not the lender PD's to ask"));
 
     // The ledger's status still shows the attest service ready and the key's public half; an
     // attest request that reached the ledger anyway is not answered there.

@@ -1,5 +1,5 @@
-//! `ppn ledger show|roots|members|trust|sync`: what the node's capability ledger holds, and pulling records
-//! from another node's TCB.
+//! `ppn ledger show|roots|members|trust|provisioned|sync`: what the node's capability ledger
+//! holds, and pulling records from another node's TCB.
 
 use crate::{Conn, print_json};
 use ppn_wire::service::{Heads, LedgerSummary};
@@ -34,6 +34,13 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The sealed images the fleet's nodes provisioned, as this TCB's ledger holds them: one
+    /// `ImageProvisioned` record per provisioning statement (docs/attestation.md), with its
+    /// author, time, dm-verity root hash and the statement's SHA-256 (`sha256sum IMAGE.prov`).
+    Provisioned {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Pull into this TCB every record of another TCB that it accepts (what the mesh's
     /// anti-entropy does; here by hand, between two sockets on this machine).
     Sync {
@@ -51,6 +58,7 @@ pub async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Roots { conn } => roots(&conn).await,
         Command::Members { conn } => members(&conn).await,
         Command::Trust { conn } => trust(&conn).await,
+        Command::Provisioned { conn } => provisioned(&conn).await,
         Command::Sync { conn, from } => sync(&conn, &from).await,
     }
     .map(|()| ExitCode::SUCCESS)
@@ -78,6 +86,68 @@ async fn sync(conn: &Conn, from: &Path) -> Result<(), String> {
         );
         Ok(())
     }
+}
+
+/// Every record the TCB holds, parents before children, paged by the heads of what came so far.
+async fn all_records(client: &ppn_tcb_client::TcbClient, conn: &Conn) -> Result<Vec<ppn_ledger::Record>, String> {
+    use ppn_wire::service::{HAVE_MAX, RECORDS_PER_FRAME};
+    use std::collections::BTreeSet;
+    let (mut records, mut ids, mut heads) = (Vec::new(), BTreeSet::new(), BTreeSet::new());
+    loop {
+        let ask: Vec<_> = heads.iter().copied().take(HAVE_MAX).collect();
+        let answer = client.records_lacking(&ask, RECORDS_PER_FRAME as u16).await.map_err(conn.context())?;
+        let before = records.len();
+        for bytes in &answer.records {
+            let r = ppn_ledger::Record::decode(bytes)
+                .map_err(|e| format!("the TCB sent a record that does not decode: {e}"))?;
+            for p in &r.parents {
+                heads.remove(p);
+            }
+            if ids.insert(r.id) {
+                heads.insert(r.id);
+                records.push(r);
+            }
+        }
+        // Done when nothing more is lacking, or a round brought nothing new (more heads than
+        // one request can name: what is listed is then all this can reach).
+        if !answer.more || records.len() == before {
+            return Ok(records);
+        }
+    }
+}
+
+async fn provisioned(conn: &Conn) -> Result<(), String> {
+    let client = conn.connect().await?;
+    let records = all_records(&client, conn).await?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let rows: Vec<serde_json::Value> = records
+        .iter()
+        .filter_map(|r| match r.body {
+            ppn_ledger::Body::ImageProvisioned { root_hash, statement } => Some(serde_json::json!({
+                "record": hex(&r.id.0),
+                "node": r.author.to_string(),
+                "created_unix_s": r.created_unix_s,
+                "root_hash": hex(&root_hash),
+                "statement_sha256": hex(&statement),
+            })),
+            _ => None,
+        })
+        .collect();
+    if conn.json {
+        return print_json(&serde_json::json!({ "records": records.len(), "provisioned": rows }));
+    }
+    println!("{} provisioning records in {} ledger records", rows.len(), records.len());
+    for r in &rows {
+        println!(
+            "  node {}  at {}  root hash {}\n    statement sha256 {}  record {}",
+            r["node"].as_str().unwrap_or_default(),
+            r["created_unix_s"],
+            r["root_hash"].as_str().unwrap_or_default(),
+            r["statement_sha256"].as_str().unwrap_or_default(),
+            r["record"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 async fn show(conn: &Conn) -> Result<(), String> {

@@ -105,11 +105,18 @@ pub async fn seal(args: &SealArgs) -> Result<ExitCode, String> {
     write_atomic(&prov_path, &statement)?;
 
     let out_s = out.display().to_string();
+    // The TCB recorded the statement in its ledger (an ImageProvisioned record) before it
+    // answered; the record names the statement by this digest (`ppn ledger provisioned`).
+    let statement_sha256: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&statement).iter().map(|b| format!("{b:02x}")).collect()
+    };
     let value = serde_json::json!({
         "image": name,
         "sealed": out_s,
         "statement": prov_path.display().to_string(),
         "provisioning_node": p.cert.node.to_string(),
+        "statement_sha256": statement_sha256,
         "root_hash": params.root_hex(),
         "salt": params.salt_hex(),
         "uuid": params.uuid_string(),
@@ -124,6 +131,7 @@ pub async fn seal(args: &SealArgs) -> Result<ExitCode, String> {
         println!("  root hash    {}", params.root_hex());
         println!("  data blocks  {} (4096 bytes), hash tree at byte {}", params.data_blocks, params.hash_offset);
         println!("  statement    {} (signed by node {})", prov_path.display(), p.cert.node);
+        println!("  in the ledger as statement sha256 {statement_sha256} (ppn ledger provisioned)");
         println!("  check with   veritysetup {}", params.veritysetup_verify_args(&out_s).join(" "));
     }
     Ok(ExitCode::SUCCESS)

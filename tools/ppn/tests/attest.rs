@@ -64,6 +64,21 @@ fn a_sealed_image_verifies_with_veritysetup_and_its_statement_checks() {
     assert_eq!(hex(&p.verity.root_hash), v["root_hash"].as_str().unwrap());
     assert_eq!(p.verity.data_blocks, 300);
 
+    // The TCB's ledger holds the statement as an ImageProvisioned record of this node.
+    let digest: String = {
+        use sha2::Digest as _;
+        hex(&sha2::Sha256::digest(&statement))
+    };
+    assert_eq!(v["statement_sha256"].as_str(), Some(digest.as_str()));
+    let out = ppn(&["ledger", "provisioned", "--json"], &tcb.socket);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = listed["provisioned"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["node"].as_str(), Some(keys.node_id.to_string().as_str()));
+    assert_eq!(rows[0]["root_hash"], v["root_hash"]);
+    assert_eq!(rows[0]["statement_sha256"].as_str(), Some(digest.as_str()));
+
     // One flipped byte of the data: veritysetup refuses the copy.
     let mut bytes = std::fs::read(&sealed).unwrap();
     bytes[12345] ^= 0x01;

@@ -1,7 +1,7 @@
 //! The Attest service over the wire: a provisioning statement and a report signed by the TCB's
-//! attestation key check offline with `ppn_attest` against the TCB's own node key, and bad
-//! requests are refused. A test-only module (`tests/attest.rs`, `tests/sel4.rs`): `ppn-attest`
-//! is a dev-dependency, so the proxy crates that use `ppn-conformance` do not reach the trusted
+//! attestation key check offline with `ppn_attest` against the TCB's own node key, the statement
+//! is in the TCB's ledger as an `ImageProvisioned` record, and bad requests are refused. A test-only module (`tests/attest.rs`, `tests/sel4.rs`): `ppn-attest`
+//! and `ppn-ledger` are dev-dependencies, so the proxy crates that use `ppn-conformance` do not reach the trusted
 //! core (ppn-boundary, R1-dev).
 
 use ppn_attest::{Error, Provisioning, Report, Standing, Trust};
@@ -11,6 +11,7 @@ use ppn_tcb_client::blocking::Client;
 use ppn_wire::message::{AttestRequest, AttestResponse, NodeRequest, NodeResponse};
 use ppn_wire::service::{ServiceState, SignReport, SignRootHash};
 use ppn_wire::{ByteArray, ErrorCode, NodeId, Request, Response, Service};
+use sha2::Digest as _;
 use std::path::Path;
 
 fn err(context: &str) -> impl FnOnce(ClientError) -> String + '_ {
@@ -53,6 +54,7 @@ pub fn check_attest(socket: &Path) -> CheckResult {
     };
     let trust = OneNode(keys.node_id, keys.signing_key.0);
 
+    let before = c.heads().map_err(err("heads"))?;
     let sign = SignRootHash {
         image: "conformance-image".try_into().map_err(|_| "name")?,
         root_hash: ByteArray([0xAB; 32]),
@@ -72,6 +74,20 @@ pub fn check_attest(socket: &Path) -> CheckResult {
         || prov.cert.attest_key != attest_key.0
     {
         return Err(format!("the provisioning statement says something else: {prov:?}"));
+    }
+    // The ledger recorded it: one record more, by this node, naming the root hash and the
+    // statement's digest.
+    let records = c.records_lacking(&before.heads, 12).map_err(err("records"))?;
+    if records.records.len() != 1 || records.more {
+        return Err(format!("{} records new since SignRootHash, want 1", records.records.len()));
+    }
+    let digest: [u8; 32] = sha2::Sha256::digest(&st.statement).into();
+    let recorded = records.records.iter().filter_map(|r| ppn_ledger::Record::decode(r).ok()).any(|r| {
+        r.author == keys.node_id
+            && r.body == ppn_ledger::Body::ImageProvisioned { root_hash: [0xAB; 32], statement: digest }
+    });
+    if !recorded {
+        return Err("no ImageProvisioned record of the statement in the ledger".into());
     }
 
     let nonce = *b"conformance-nonce-123456";
@@ -115,7 +131,7 @@ pub fn check_attest(socket: &Path) -> CheckResult {
     }
     node(&mut c, NodeRequest::Status)?;
     Ok(format!(
-        "statement {} B and report {} B check offline; bad requests refused",
+        "statement {} B (recorded in the ledger) and report {} B check offline; bad requests refused",
         st.statement.len(),
         r.cose_sign1.len()
     ))

@@ -7,7 +7,8 @@
 //!   `ppn_layout::ledger_port`), for the key the ledger derived from the identity seed and for
 //!   the key's certificate; the ledger drops its copy, and this PD wipes the port's page;
 //! - it signs provisioning statements and reports with the same code as the hosted TCB
-//!   (`ppn_tcb_core::attest`), at the ledger's clock (the TCB's one wall clock);
+//!   (`ppn_tcb_core::attest`), at the ledger's clock (the TCB's one wall clock), and has the
+//!   ledger record each statement (an `ImageProvisioned` record) before handing it out;
 //! - it has no device and no disk: the key is the ledger's to derive again at the next boot.
 #![no_std]
 #![no_main]
@@ -89,12 +90,12 @@ impl core::fmt::Debug for AttestPd {
 }
 
 impl AttestPd {
-    fn answer(&self, request: &Request) -> Response {
+    fn answer(&mut self, request: &Request) -> Response {
         let Request::Attest(r) = request else {
             let detail = format!("the {} service is not served by the attest PD", request.service().name());
             return Response::error(ErrorCode::NotImplemented, &detail);
         };
-        let (attester, ledger) = match &self.state {
+        let (attester, ledger) = match &mut self.state {
             Ok((a, l)) => (a, l),
             Err(e) => return Response::error(ErrorCode::Internal, e),
         };
@@ -102,7 +103,7 @@ impl AttestPd {
             Ok(t) => t,
             Err(e) => return Response::error(ErrorCode::Internal, &format!("ledger port: {e}")),
         };
-        match ppn_tcb_core::attest::handle(attester, r, now) {
+        match ppn_tcb_core::attest::handle(attester, r, now, ledger) {
             Ok(a) => Response::Attest(a),
             Err((code, detail)) => Response::error(code, &detail),
         }
