@@ -6,15 +6,20 @@
 //!   [`ppn_ledger::Ledger`]s gossiping a node revocation over lossy links: how long until every
 //!   node refuses the revoked node, and how many messages it took.
 //!
-//! Both return JSON; `ppn bench tokens|revocation` runs them. `docs/benchmarks.md` explains the
+//! - [`place()`]: the scheduler placing a batch of VMs on a large uniform fleet, next to a
+//!   linear-scan best fit, and the nodes it uses against the lower bound.
+//!
+//! Each returns JSON; `ppn bench tokens|revocation|attest|place` runs them. `docs/benchmarks.md` explains the
 //! numbers.
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod place;
 pub mod revocation;
 pub mod tokens;
 
 pub use attest::{AttestOpts, attest};
+pub use place::{PlaceOpts, place};
 pub use revocation::{RevocationOpts, RevocationReport, revocation, simulate};
 pub use tokens::{TokensOpts, tokens};
 

@@ -4,7 +4,7 @@
 //! Release builds give the numbers in `docs/benchmarks.md`.
 
 use clap::Subcommand;
-use ppn_bench::{AttestOpts, RevocationOpts, TokensOpts};
+use ppn_bench::{AttestOpts, PlaceOpts, RevocationOpts, TokensOpts};
 use ppn_node::fleet::{self, Fleet, FleetNode, UpOptions};
 use ppn_tcb_client::blocking::Client;
 use ppn_tcb_client::{ClientError, DEFAULT_TIMEOUT};
@@ -18,9 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Token issue and verify against a ledger of many revocations, next to Biscuit's verify.
     /// Signing an attestation report and checking one offline (the whole chain: two key
-    /// certificates, the provisioning statement, the report), next to one bare Ed25519 verify
+    /// certificates, the provisioning statement, the report), next to one bare Ed25519 verify.
     Attest {
         #[arg(long, default_value_t = AttestOpts::default().batches)]
         batches: usize,
@@ -29,6 +28,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The scheduler placing a batch of VMs (5% pinned) on a uniform fleet, next to a
+    /// linear-scan best fit in the same run; nodes used against the lower bound.
+    Place {
+        #[arg(long, default_value_t = PlaceOpts::default().nodes)]
+        nodes: usize,
+        #[arg(long, default_value_t = PlaceOpts::default().vms)]
+        vms: usize,
+        /// Share of the VMs pinned to a random node.
+        #[arg(long, default_value_t = PlaceOpts::default().pinned)]
+        pinned: f64,
+        /// Timed runs; the figures are medians.
+        #[arg(long, default_value_t = PlaceOpts::default().rounds)]
+        rounds: usize,
+        #[arg(long, default_value_t = PlaceOpts::default().seed)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Token issue and verify against a ledger of many revocations, next to Biscuit's verify.
     Tokens {
         /// Revocation records in the ledger, each authored through the ledger's real path.
         #[arg(long, default_value_t = TokensOpts::default().revocations)]
@@ -162,6 +180,11 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
                 return Err("--batches and --iters must be at least 1".into());
             }
             (ppn_bench::attest(&AttestOpts { batches, iters }), json)
+        }
+        Command::Place { nodes, vms, pinned, rounds, seed, json } => {
+            let o = PlaceOpts { nodes, vms, pinned, rounds, seed };
+            o.check()?;
+            (ppn_bench::place(&o), json)
         }
         Command::Tokens { revocations, batches, iters, biscuit_iters, json } => {
             if batches == 0 || iters == 0 || biscuit_iters == 0 {
