@@ -14,6 +14,9 @@
 //! | `{"op":"vm-attest","name":N,"nonce":"<hex, 8 to 64 bytes>"}` | `{"ok":true,"report":"<hex>"}` (a COSE_Sign1 EAT from the node's TCB; the VM must run from a sealed root) |
 //! | `{"op":"lease-list"}` | `{"ok":true,"leases":{...}}` |
 //! | `{"op":"lease-release","lease_id":L}` | `{"ok":true,"released":"..."}` |
+//! | `{"op":"node-capacity"}` | `{"ok":true,"capacity":{"node_id","mem_mib","vcpus","reserved_mib"}}` (what the scheduler needs) |
+//! | `{"op":"vm-pin","name":N,"pinned":true\|false}` | `{"ok":true,"placement":{"pinned","reason","at_unix_s"}}` |
+//! | `{"op":"vm-placement","name":N,"placement":{...}}` | `{"ok":true,"placement":{...}}` (records why the VM runs here) |
 //! | `{"op":"node-balloon"[,"budget_mib":N\|null][,"weight":{"vm":N,"memory":W}]}` | `{"ok":true,"balloon":{...}}` ([`crate::balloon::BalloonStatus`]) |
 //!
 //! Anything else gets `{"ok":false,"error":"..."}`; a line over 4 KiB closes the connection.
@@ -94,6 +97,7 @@ async fn handle(node: &Node, line: &str) -> serde_json::Value {
             Ok(v) => v,
             Err(e) => fail(e),
         },
+        Some("node-capacity") => serde_json::json!({ "ok": true, "capacity": node.capacity().await }),
         Some("node-balloon") => match node.balloon.request(&req).await {
             Ok(s) => serde_json::json!({ "ok": true, "balloon": s }),
             Err(e) => fail(e),
@@ -121,8 +125,25 @@ async fn vm_op(node: &Node, op: &str, req: &serde_json::Value) -> Result<serde_j
         "vm-create" => {
             let spec: ppn_vm::VmSpec =
                 serde_json::from_value(req["spec"].clone()).map_err(|e| format!("vm-create: spec: {e}"))?;
+            let placement: Option<crate::vms::Placement> = match req.get("placement") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(p) => Some(serde_json::from_value(p.clone()).map_err(|e| format!("vm-create: placement: {e}"))?),
+            };
             vms.create(&spec)?;
+            if let Some(p) = placement {
+                vms.set_placement(&spec.name, &p)?;
+            }
             serde_json::json!({ "ok": true })
+        }
+        "vm-pin" => {
+            let pinned = req["pinned"].as_bool().ok_or("vm-pin: want \"pinned\": true or false")?;
+            ok("placement", serde_json::to_value(vms.pin(name(req)?, pinned)?).map_err(|e| e.to_string())?)
+        }
+        "vm-placement" => {
+            let p: crate::vms::Placement = serde_json::from_value(req["placement"].clone())
+                .map_err(|e| format!("vm-placement: want \"placement\": {{pinned, reason, at_unix_s}}: {e}"))?;
+            vms.set_placement(name(req)?, &p)?;
+            ok("placement", serde_json::to_value(p).map_err(|e| e.to_string())?)
         }
         "vm-start" => ok("started", vms.start(name(req)?).await?),
         "vm-stop" => ok("stopped", vms.stop(name(req)?).await?.into()),

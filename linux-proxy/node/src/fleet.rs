@@ -59,6 +59,11 @@ pub struct UpOptions {
     pub settle: Duration,
     /// Memory each node's TCB lends to the others' VMs, MiB (0: none).
     pub lend_mib: u32,
+    /// Memory each node offers VMs, MiB, as the scheduler sees it (`ppn-node --vm-mem-mib`);
+    /// `None`: the host's.
+    pub vm_mem_mib: Option<u64>,
+    /// vCPUs each node offers VMs (`ppn-node --vm-vcpus`); `None`: the host's.
+    pub vm_vcpus: Option<u32>,
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
@@ -260,20 +265,27 @@ async fn start_nodes(
         })?;
         let node_dir = ndir.join("node");
         let loss = opts.loss.to_string();
-        node.node_pid = daemon(
-            &opts.node_bin,
-            &[
-                "--dir".as_ref(),
-                node_dir.as_os_str(),
-                "--tcb".as_ref(),
-                tcb_socket.as_os_str(),
-                "--mesh-listen".as_ref(),
-                "127.0.0.1:0".as_ref(),
-                "--loss".as_ref(),
-                loss.as_ref(),
-            ],
-            &ndir.join("node.log"),
-        )?;
+        let vm_mem = opts.vm_mem_mib.map(|m| m.to_string());
+        let mut node_args: Vec<&std::ffi::OsStr> = vec![
+            "--dir".as_ref(),
+            node_dir.as_os_str(),
+            "--tcb".as_ref(),
+            tcb_socket.as_os_str(),
+            "--mesh-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--loss".as_ref(),
+            loss.as_ref(),
+        ];
+        if let Some(m) = &vm_mem {
+            node_args.push("--vm-mem-mib".as_ref());
+            node_args.push(m.as_ref());
+        }
+        let vm_vcpus = opts.vm_vcpus.map(|c| c.to_string());
+        if let Some(c) = &vm_vcpus {
+            node_args.push("--vm-vcpus".as_ref());
+            node_args.push(c.as_ref());
+        }
+        node.node_pid = daemon(&opts.node_bin, &node_args, &ndir.join("node.log"))?;
         let control = node.control.clone();
         wait_for(&format!("ppn-node of node {i}"), Duration::from_secs(20), || control.exists())?;
         let s = status(node)?;

@@ -39,6 +39,12 @@ struct Args {
     /// targets within it. Default: the sum of the VMs' ceilings (no overcommit).
     #[arg(long)]
     balloon_budget_mib: Option<u64>,
+    /// Memory this node offers VMs, MiB, as the scheduler sees it. Default: MemTotal less 1 GiB.
+    #[arg(long)]
+    vm_mem_mib: Option<u64>,
+    /// vCPUs this node offers VMs. Default: the host's CPUs.
+    #[arg(long)]
+    vm_vcpus: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,13 @@ async fn run(args: Args) -> Result<(), String> {
             ..GossipConfig::default()
         },
         peer_sync: Duration::from_millis(500),
+        capacity: {
+            let host = ppn_node::node::Capacity::of_host();
+            ppn_node::node::Capacity {
+                mem_mib: args.vm_mem_mib.unwrap_or(host.mem_mib),
+                vcpus: args.vm_vcpus.unwrap_or(host.vcpus),
+            }
+        },
     };
     let node = Arc::new(Node::start(cfg).await.map_err(|e| e.to_string())?);
     node.balloon.set_budget(args.balloon_budget_mib);

@@ -819,6 +819,10 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
             if let Some(t) = req["timeout_s"].as_u64() {
                 opts.timeout = Duration::from_secs(t);
             }
+            // The operator's pin is never overridden, not even by a migration asked by hand.
+            if node.vms.placement(name).is_some_and(|p| p.pinned) {
+                return Err(format!("{name} is pinned to this node: `ppn vm unpin {name}` first"));
+            }
             node.migrations.start(name, to, opts).await.map_err(|e| e.to_string())?
         }
         "vm-agent" => {

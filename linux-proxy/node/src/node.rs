@@ -36,6 +36,29 @@ pub struct NodeConfig {
     /// How often the mesh's peers are checked against the ledger's members (also at once after
     /// every change of the ledger this node sees).
     pub peer_sync: Duration,
+    /// What this node offers VMs (the scheduler's capacity; docs/scheduler.md).
+    pub capacity: Capacity,
+}
+
+/// What a node offers VMs, for the scheduler: memory and vCPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capacity {
+    pub mem_mib: u64,
+    pub vcpus: u32,
+}
+
+impl Capacity {
+    /// The host's: its MemTotal less 1 GiB for itself (at least 256 MiB), and its CPUs.
+    pub fn of_host() -> Capacity {
+        let total_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .unwrap_or(0);
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u32;
+        Capacity { mem_mib: (total_kib / 1024).saturating_sub(1024).max(256), vcpus: cpus }
+    }
 }
 
 /// Why the node could not start.
@@ -132,6 +155,8 @@ pub struct Node {
     pub balloon: Arc<crate::balloon::Balloon>,
     /// Live migrations, both sides (mesh port 7004).
     pub migrations: Arc<crate::migration::Migrations>,
+    /// What this node offers VMs.
+    pub capacity: Capacity,
     tcb: Arc<TcbClient>,
     tcb_path: PathBuf,
     hints: Arc<Mutex<Hints>>,
@@ -196,6 +221,7 @@ impl Node {
             balloon: crate::balloon::Balloon::spawn(Arc::clone(&vms)),
             vms,
             migrations,
+            capacity: cfg.capacity,
             tcb,
             tcb_path: cfg.tcb.clone(),
             hints: Arc::new(Mutex::new(hints)),
@@ -282,6 +308,20 @@ impl Node {
         }
         let statement = std::fs::read(&sealed.statement).map_err(|e| format!("{}: {e}", sealed.statement.display()))?;
         self.tcb.sign_report(name, root, &statement, nonce).await.map_err(|e| format!("TCB: {e}"))
+    }
+
+    /// What the scheduler needs of this node (control op `node-capacity`): what it offers VMs,
+    /// and the memory its TCB has lent out (taken from what it offers: the lent blocks are
+    /// promised to a borrower).
+    pub async fn capacity(&self) -> serde_json::Value {
+        let pool = self.tcb.pool_status().await.ok();
+        let lent_mib = pool.map_or(0, |p| u64::from(p.total.saturating_sub(p.free)) * 2);
+        serde_json::json!({
+            "node_id": self.me.to_string(),
+            "mem_mib": self.capacity.mem_mib,
+            "vcpus": self.capacity.vcpus,
+            "reserved_mib": lent_mib,
+        })
     }
 
     /// Records where `node`'s mesh listens, and syncs peers.

@@ -75,6 +75,34 @@ pub struct AgentView {
 }
 
 /// The VM plane of a node.
+/// Why a VM runs where it runs, and whether the operator pinned it there. Kept next to the VM
+/// (`placement.json`), so `ppn vm list` can say it and the scheduler never moves a pinned VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    pub pinned: bool,
+    pub reason: Why,
+    /// When it was recorded.
+    pub at_unix_s: u64,
+}
+
+/// How a VM came to run on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The operator put it there (`--pin`, `ppn vm pin`).
+    Pinned,
+    /// The scheduler's best fit.
+    Placed,
+    /// The operator named the node (`ppn vm create --node`) without pinning it.
+    Chosen,
+    /// Moved here by `ppn vm migrate`.
+    Migrated,
+    /// Moved here by `ppn rebalance`.
+    Rebalanced,
+    /// Moved here when its node was revoked.
+    Evacuated,
+}
+
 pub struct VmPlane {
     me: NodeId,
     pub manager: VmManager,
@@ -315,6 +343,47 @@ impl VmPlane {
         Ok(format!("{o:?}"))
     }
 
+    /// Where a VM's placement is kept: `placement.json` in its directory.
+    fn placement_path(&self, name: &str) -> Result<PathBuf, String> {
+        Ok(self.manager.paths(name).map_err(|e| e.to_string())?.dir.join("placement.json"))
+    }
+
+    /// Why VM `name` runs here (docs/scheduler.md, "Placement records"); `None` when nothing
+    /// was recorded (a VM defined before placements were kept).
+    pub fn placement(&self, name: &str) -> Option<Placement> {
+        let bytes = std::fs::read(self.placement_path(name).ok()?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Records why VM `name` runs here (crash-safe: a temporary file, fsync, rename).
+    pub fn set_placement(&self, name: &str, p: &Placement) -> Result<(), String> {
+        self.manager.spec(name).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec_pretty(p).map_err(|e| e.to_string())?;
+        ppn_vm::manager::write_atomic(&self.placement_path(name)?, &bytes).map_err(|e| e.to_string())
+    }
+
+    /// Pins VM `name` to this node, or unpins it; returns the new placement.
+    pub fn pin(&self, name: &str, pinned: bool) -> Result<Placement, String> {
+        let mut p = self.placement(name).unwrap_or(Placement { pinned: false, reason: Why::Placed, at_unix_s: 0 });
+        p.pinned = pinned;
+        if pinned {
+            p.reason = Why::Pinned;
+        } else if p.reason == Why::Pinned {
+            // Unpinned, it stays where the operator put it.
+            p.reason = Why::Chosen;
+        }
+        p.at_unix_s = now_unix_s();
+        self.set_placement(name, &p)?;
+        Ok(p)
+    }
+
+    /// Memory VM `name` holds on this host, MiB: its boot memory and what is plugged (or asked
+    /// for) when it runs, its boot memory when it does not.
+    fn held_mib(v: &ppn_vm::manager::VmInfo) -> u64 {
+        let plugged = v.memory.as_ref().map_or(0, |m| m.plugged_mib.max(m.requested_mib));
+        v.spec.base_mib + plugged
+    }
+
     pub async fn list(&self) -> Result<serde_json::Value, String> {
         let vms = self.manager.list().await.map_err(|e| e.to_string())?;
         let book = self.book.lock().await.clone();
@@ -324,7 +393,8 @@ impl VmPlane {
                 let leases: Vec<&BorrowedLease> = book.iter().filter(|l| l.vm == v.name).collect();
                 serde_json::json!({
                     "name": v.name, "state": v.state.label(), "memory": v.memory, "cgroup": v.cgroup,
-                    "vcpus": v.spec.vcpus, "agent": self.agent(&v.name),
+                    "vcpus": v.spec.vcpus, "agent": self.agent(&v.name), "held_mib": Self::held_mib(v),
+                    "placement": self.placement(&v.name),
                     "borrowed_mib": leases.iter().filter(|l| l.plugged).map(|l| l.mib).sum::<u64>(),
                     "leases": leases.iter().map(|l| l.lease_id).collect::<Vec<_>>(),
                 })

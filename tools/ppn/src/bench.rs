@@ -544,6 +544,8 @@ fn mesh_revocation(nodes: usize, runs: usize, loss: f64, json: bool) -> Result<E
         loss,
         settle: SETTLE,
         lend_mib: 0,
+        vm_mem_mib: None,
+        vm_vcpus: None,
     };
     let tmp = tempfile::Builder::new()
         .prefix("ppn-bench-mesh.")

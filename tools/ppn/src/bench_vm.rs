@@ -39,6 +39,8 @@ where
         loss: 0.0,
         settle: Duration::from_secs(60),
         lend_mib,
+        vm_mem_mib: None,
+        vm_vcpus: None,
     };
     let scratch = tmp.path().join("raw-vms");
     let result = std::thread::scope(|s| {

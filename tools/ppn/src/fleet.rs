@@ -21,6 +21,13 @@ pub enum Command {
         /// Memory each node lends to the others' VMs, MiB (a multiple of 2; 0 lends nothing).
         #[arg(long, default_value_t = 1024)]
         lend_mib: u32,
+        /// Memory each node offers VMs, MiB, as the scheduler sees it (default: the host's
+        /// MemTotal less 1 GiB, the same for every node of a fleet on one machine).
+        #[arg(long)]
+        vm_mem: Option<u64>,
+        /// vCPUs each node offers VMs (default: the host's CPUs; TCG guests share them).
+        #[arg(long)]
+        vm_vcpus: Option<u32>,
     },
     /// Each node's peers (up, in the mesh), ledger heads and adverts.
     Status {
@@ -64,7 +71,7 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
 
 pub async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Up { nodes, at, loss, lend_mib } => {
+        Command::Up { nodes, at, loss, lend_mib, vm_mem, vm_vcpus } => {
             if nodes == 0 {
                 return Err("--nodes must be at least 1".into());
             }
@@ -75,6 +82,8 @@ pub async fn run(command: Command) -> Result<ExitCode, String> {
                 loss,
                 settle: Duration::from_secs(60),
                 lend_mib,
+                vm_mem_mib: vm_mem,
+                vm_vcpus,
             };
             fleet::up(&at.dir, &opts, |line| eprintln!("{line}")).await?;
             println!(

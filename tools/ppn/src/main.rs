@@ -16,6 +16,7 @@ mod image;
 mod ledger;
 mod node_cmd;
 mod pair;
+mod place;
 mod sdf;
 mod seal;
 mod tcb;
@@ -87,6 +88,18 @@ enum Command {
         #[command(subcommand)]
         command: vm::Command,
     },
+    /// Move VMs so that every node holds no more than it offers, and none stays on a node that
+    /// is revoked or unreachable: the scheduler's plan (pinned VMs never move), then one live
+    /// migration after another. `--dry-run` prints the plan only.
+    Rebalance {
+        /// The local fleet's directory.
+        #[arg(long, env = "PPN_FLEET_DIR", default_value_os_t = std::env::temp_dir().join("ppn-fleet"))]
+        fleet_dir: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Memory leases: what a node borrows, lends, and its pool.
     Lease {
         #[command(subcommand)]
@@ -157,6 +170,7 @@ fn main() -> ExitCode {
             Command::Sdf { command } => sdf::run(command),
             Command::Guest { command } => guest::run(command),
             Command::Vm { command } => vm::run(command),
+            Command::Rebalance { fleet_dir, dry_run, json } => place::rebalance(&fleet_dir, dry_run, json),
             Command::Lease { command } => vm::run_lease(command),
             Command::Node { command } => node_cmd::run(command),
         }

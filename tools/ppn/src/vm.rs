@@ -11,9 +11,10 @@ use std::process::ExitCode;
 /// Which node: its control socket, or its index in a local fleet.
 #[derive(Debug, clap::Args)]
 pub struct On {
-    /// The node: a control socket path (`DIR/node.sock`), or a node index of the local fleet.
-    #[arg(long, env = "PPN_NODE", default_value = "0")]
-    pub node: String,
+    /// The node: a control socket path (`DIR/node.sock`), or a node index of the local fleet
+    /// (default 0; `ppn vm create` and `ppn vm list` without it work on the whole fleet).
+    #[arg(long, env = "PPN_NODE")]
+    pub node: Option<String>,
     /// The local fleet's directory (for `--node INDEX`).
     #[arg(long, env = "PPN_FLEET_DIR", default_value_os_t = std::env::temp_dir().join("ppn-fleet"))]
     pub fleet_dir: PathBuf,
@@ -21,13 +22,14 @@ pub struct On {
 
 impl On {
     pub fn socket(&self) -> Result<PathBuf, String> {
-        match self.node.parse::<usize>() {
+        let node = self.node.as_deref().unwrap_or("0");
+        match node.parse::<usize>() {
             Ok(i) => {
                 let f = fleet::load(&self.fleet_dir)?;
                 let n = f.nodes.get(i).ok_or_else(|| format!("the fleet has no node {i}"))?;
                 Ok(n.control.clone())
             }
-            Err(_) => Ok(PathBuf::from(&self.node)),
+            Err(_) => Ok(PathBuf::from(node)),
         }
     }
 
@@ -38,11 +40,17 @@ impl On {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Define a VM on the node (the guest image is built or taken from the cache first).
+    /// Define a VM (the guest image is built or taken from the cache first). Without `--node`
+    /// or `--pin`, the scheduler places it on the local fleet: best fit on memory, then vCPUs,
+    /// among the nodes the ledger trusts and the mesh reaches (docs/scheduler.md).
     Create {
         name: String,
         #[command(flatten)]
         on: On,
+        /// Pin it to this node (an index of the local fleet, or 16 hex digits): it goes there
+        /// or nowhere, and nothing moves it until `ppn vm unpin`.
+        #[arg(long, conflicts_with = "node")]
+        pin: Option<String>,
         /// Boot memory, MiB.
         #[arg(long, default_value_t = 256)]
         mem: u64,
@@ -83,12 +91,26 @@ pub enum Command {
         #[command(flatten)]
         on: On,
     },
-    /// The node's VMs: state, memory (base, plugged, borrowed), the guest's own figures.
+    /// The VMs: without `--node`, every node's, with where each runs and why (pinned,
+    /// placed, chosen, migrated, rebalanced, evacuated) and the nodes' capacity; with `--node`,
+    /// that node's, with memory (base, plugged, borrowed) and the guest's own figures.
     List {
         #[command(flatten)]
         on: On,
         #[arg(long)]
         json: bool,
+    },
+    /// Pin a VM to the node it runs on: the scheduler never moves it, `ppn vm migrate` refuses.
+    Pin {
+        name: String,
+        #[command(flatten)]
+        on: On,
+    },
+    /// Unpin a VM: the scheduler may move it again (`ppn rebalance`, evacuations).
+    Unpin {
+        name: String,
+        #[command(flatten)]
+        on: On,
     },
     /// Grow a VM with memory lent by another node: lease, checked by this node's TCB, plugged
     /// with virtio-mem; returns when the guest's MemTotal shows it.
@@ -210,7 +232,9 @@ pub enum LeaseCommand {
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Create { name, on, mem, max, vcpus, data_dir, start, sealed, trust } => {
+        Command::Create { name, on, pin, mem, max, vcpus, data_dir, start, sealed, trust } => {
+            // Where: the operator's pin, the operator's node, or the scheduler's best fit.
+            let (on, placement) = where_to(&on, &name, pin.as_deref(), mem, vcpus)?;
             let cache = data_dir.join("ppn-guest");
             let img = image::ensure(&cache, &ImageOptions { agent: None, force: false, verbose: true })
                 .map_err(|e| format!("guest image in {}: {e}", cache.display()))?;
@@ -234,7 +258,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
                 });
                 println!("{name} boots the sealed image {:?} (root hash {root}), verified", p.image);
             }
-            on.call(json!({ "op": "vm-create", "spec": spec }))?;
+            on.call(json!({ "op": "vm-create", "spec": spec, "placement": placement }))?;
             println!("created {name}: {mem} MiB, up to {max} MiB more by virtio-mem, {vcpus} vCPU");
             if start {
                 let v = on.call(json!({ "op": "vm-start", "name": name }))?;
@@ -253,6 +277,18 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
             let v = on.call(json!({ "op": "vm-destroy", "name": name }))?;
             println!("{name}: destroyed ({})", v["destroyed"]);
         }
+        Command::List { on, json } if on.node.is_none() => {
+            let s = crate::place::snapshot(&on.fleet_dir)?;
+            if json {
+                print_json(&json!({ "nodes": crate::place::nodes_json(&s), "vms": crate::place::rows_json(&s) }))?;
+            } else {
+                crate::place::print_rows(&s);
+                println!();
+                crate::place::print_nodes(&s);
+            }
+        }
+        Command::Pin { name, on } => pin(&on, &name, true)?,
+        Command::Unpin { name, on } => pin(&on, &name, false)?,
         Command::List { on, json } => {
             let v = on.call(json!({ "op": "vm-list" }))?;
             if json {
@@ -329,6 +365,52 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `ppn vm create` defines VM `name`: on the `--pin` node (pinned, checked by the
+/// scheduler), on the `--node` the operator named, or on the scheduler's best fit over the
+/// local fleet. Returns the node and the placement record to keep with the VM.
+fn where_to(on: &On, name: &str, pin: Option<&str>, mem: u64, vcpus: u32) -> Result<(On, Value), String> {
+    let at = |control: PathBuf| On { node: Some(control.display().to_string()), fleet_dir: on.fleet_dir.clone() };
+    if on.node.is_some() {
+        return Ok((
+            On { node: on.node.clone(), fleet_dir: on.fleet_dir.clone() },
+            crate::place::placement(false, "chosen"),
+        ));
+    }
+    let s = crate::place::snapshot(&on.fleet_dir)?;
+    let pin = pin.map(|p| s.resolve(p).map(|m| m.id)).transpose()?;
+    let request = ppn_scheduler::Request { name: name.to_owned(), mem_mib: mem, vcpus, pin };
+    let p = ppn_scheduler::place(&s.fleet, &request).map_err(|e| e.to_string())?;
+    let m = s.member(&p.node).ok_or("the scheduler chose a node the fleet does not have")?;
+    let (free, _) = crate::place::free(&s, &m.id);
+    let offers = s.fleet.nodes[m.index].mem_mib;
+    match p.reason {
+        ppn_scheduler::Reason::Pinned => {
+            println!("{name}: pinned to node {} ({}), {free} of {offers} MiB free there", m.index, m.id)
+        }
+        ppn_scheduler::Reason::BestFit => println!(
+            "{name}: placed on node {} ({}) by best fit: {free} of {offers} MiB free there, the least of the nodes it fits",
+            m.index, m.id
+        ),
+    }
+    Ok((at(m.control.clone()), crate::place::placement(pin.is_some(), if pin.is_some() { "pinned" } else { "placed" })))
+}
+
+/// `ppn vm pin|unpin`: on the node that holds the VM (`--node`, or found in the fleet).
+fn pin(on: &On, name: &str, pinned: bool) -> Result<(), String> {
+    let socket = match &on.node {
+        Some(_) => on.socket()?,
+        None => crate::place::snapshot(&on.fleet_dir)?.holder(name)?.control.clone(),
+    };
+    let v = fleet::control(&socket, &json!({ "op": "vm-pin", "name": name, "pinned": pinned }))?;
+    let p = &v["placement"];
+    println!(
+        "{name}: {} ({})",
+        if p["pinned"] == true { "pinned" } else { "not pinned" },
+        p["reason"].as_str().unwrap_or("?")
+    );
+    Ok(())
 }
 
 pub fn run_lease(command: LeaseCommand) -> Result<ExitCode, String> {

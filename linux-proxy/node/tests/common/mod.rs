@@ -29,6 +29,8 @@ pub async fn start(nodes: usize, lend_mib: u32) -> Running {
         loss: 0.0,
         settle: Duration::from_secs(30),
         lend_mib,
+        vm_mem_mib: None,
+        vm_vcpus: None,
     };
     let f = fleet::up(&dir.path().join("fleet"), &opts, |l| eprintln!("{l}")).await.unwrap_or_else(|e| panic!("{e}"));
     Running { fleet: f, _dir: dir }
