@@ -9,6 +9,7 @@
 //! | `{"op":"vm-list"}` | `{"ok":true,"vms":[...]}` |
 //! | `{"op":"vm-grow","name":N,"mib":M[,"from":"<16 hex>"][,"lease_secs":S]}` | `{"ok":true,"grown":{...}}` |
 //! | `{"op":"vm-migrate","name":N,"to":"<16 hex>"[,"downtime_ms":D][,"max_bandwidth":B][,"timeout_s":T][,"encoding":"zstd" or "plain"]}` | `{"ok":true,"migration":{...}}` at once ([`crate::migration::MigrationStatus`]) |
+//! | `{"op":"vm-evacuate-accept","name":N,"from":"<16 hex>"[,"secs":S]}` | `{"ok":true,"order":{...}}`: take VM N from that revoked node without a grant, once, within S seconds (default 300); the node stays in the mesh until then |
 //! | `{"op":"vm-migrate-status","name":N}` | `{"ok":true,"migration":{...}}` |
 //! | `{"op":"vm-agent","name":N}` | `{"ok":true,"agent":{"counter","mem_total_kib","at_unix_us"}}` (latest report, no QMP) |
 //! | `{"op":"vm-attest","name":N,"nonce":"<hex, 8 to 64 bytes>"}` | `{"ok":true,"report":"<hex>"}` (a COSE_Sign1 EAT from the node's TCB; the VM must run from a sealed root) |
@@ -159,7 +160,9 @@ async fn vm_op(node: &Node, op: &str, req: &serde_json::Value) -> Result<serde_j
             let grown = vms.grow(name(req)?, mib, from, secs).await?;
             ok("grown", serde_json::to_value(grown).map_err(|e| e.to_string())?)
         }
-        "vm-migrate" | "vm-migrate-status" | "vm-agent" => return crate::migration::control(node, op, req).await,
+        "vm-migrate" | "vm-migrate-status" | "vm-agent" | "vm-evacuate-accept" => {
+            return crate::migration::control(node, op, req).await;
+        }
         "vm-attest" => {
             let nonce = req["nonce"].as_str().ok_or("vm-attest: want \"nonce\": hex")?;
             let nonce = unhex(nonce).ok_or("vm-attest: the nonce is not hex")?;

@@ -19,6 +19,11 @@
 //! | 3 | `Refused` | destination → source | UTF-8 reason, the whole body (at most 256 bytes) |
 //! | 4 | `Done` | destination → source | running u8 (0 or 1), resumed u64 (when the guest resumed here: QEMU's `RESUME` timestamp, Unix µs; 0 unknown), UTF-8 detail (at most 256 bytes) |
 //! | 5 | `Loaded` | destination → source | bytes u64: QEMU stream bytes handed to the destination QEMU so far |
+//! | 6 | `Evacuate` | source → destination | stream encoding u8, VM spec: UTF-8 JSON, the rest of the body (1..=[`MAX_SPEC`] bytes) |
+//!
+//! `Evacuate` is a `Request` without a grant, from a node the ledger has revoked (whose TCB
+//! issues none): the destination takes it only when its own operator ordered it to take that
+//! VM from that node (control op `evacuate-accept`), and otherwise answers `Refused`.
 //!
 //! After `Ready` the source → destination direction carries QEMU's migration stream in the
 //! request's encoding (`crate::migrate_stream`) until the source closes its writing side. The
@@ -58,6 +63,7 @@ pub enum MigrateMsg {
     Refused { reason: String },
     Done { running: bool, resumed_unix_us: u64, detail: String },
     Loaded { bytes: u64 },
+    Evacuate { encoding: StreamEncoding, spec: String },
 }
 
 /// Why bytes are not a migration message.
@@ -109,6 +115,7 @@ impl MigrateMsg {
             MigrateMsg::Refused { .. } => 3,
             MigrateMsg::Done { .. } => 4,
             MigrateMsg::Loaded { .. } => 5,
+            MigrateMsg::Evacuate { .. } => 6,
         }
     }
 
@@ -134,6 +141,10 @@ impl MigrateMsg {
                 body.extend_from_slice(cut(detail, MAX_TEXT).as_bytes());
             }
             MigrateMsg::Loaded { bytes } => body.extend_from_slice(&bytes.to_le_bytes()),
+            MigrateMsg::Evacuate { encoding, spec } => {
+                body.push(encoding.code());
+                body.extend_from_slice(cut(spec, MAX_SPEC).as_bytes());
+            }
         }
         FRAMING.encode(self.kind(), &body)
     }
@@ -210,6 +221,18 @@ impl MigrateMsg {
                     body.try_into().map_err(|_| MigrateWireError::Body { kind, len: body.len(), want: 8 })?;
                 MigrateMsg::Loaded { bytes: u64::from_le_bytes(bytes) }
             }
+            6 => {
+                let Some((&e, spec)) = body.split_first() else {
+                    return Err(MigrateWireError::Body { kind, len: 0, want: 2 });
+                };
+                if spec.is_empty() || spec.len() > MAX_SPEC {
+                    return Err(MigrateWireError::Spec(spec.len()));
+                }
+                MigrateMsg::Evacuate {
+                    encoding: StreamEncoding::from_code(e),
+                    spec: std::str::from_utf8(spec).map_err(|_| MigrateWireError::Utf8("VM spec"))?.to_owned(),
+                }
+            }
             k => return Err(MigrateWireError::UnknownType(k)),
         })
     }
@@ -263,6 +286,8 @@ mod tests {
             MigrateMsg::Done { running: false, resumed_unix_us: 0, detail: String::new() },
             MigrateMsg::Loaded { bytes: 0 },
             MigrateMsg::Loaded { bytes: u64::MAX },
+            MigrateMsg::Evacuate { encoding: StreamEncoding::Zstd, spec: r#"{"name":"web"}"#.into() },
+            MigrateMsg::Evacuate { encoding: StreamEncoding::Plain, spec: "y".repeat(MAX_SPEC) },
         ]
     }
 
@@ -305,6 +330,16 @@ mod tests {
             endorsement: [0; 64],
             spec: "{}".into(),
         };
+        // An evacuation with no spec, or one that is not UTF-8.
+        let e = MigrateMsg::Evacuate { encoding: StreamEncoding::Zstd, spec: "{}".into() }.encode();
+        assert_eq!(MigrateMsg::decode(&FRAMING.encode(6, &[1])), Err(MigrateWireError::Spec(0)));
+        assert_eq!(
+            MigrateMsg::decode(&FRAMING.encode(6, &[])),
+            Err(MigrateWireError::Body { kind: 6, len: 0, want: 2 })
+        );
+        let mut bad = e.clone();
+        bad[HEADER_LEN + 1] = 0xff;
+        assert_eq!(MigrateMsg::decode(&bad), Err(MigrateWireError::Utf8("VM spec")));
         let mut r = req.encode();
         r[HEADER_LEN + 1] = 65;
         assert_eq!(MigrateMsg::decode(&r), Err(MigrateWireError::Token(65)));

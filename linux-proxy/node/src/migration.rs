@@ -201,6 +201,10 @@ pub struct MigrateOptions {
     pub timeout: Duration,
     /// How the stream crosses the mesh (zstd by default).
     pub encoding: StreamEncoding,
+    /// An evacuation from this node, which the ledger has revoked: no grant (this node's TCB
+    /// issues none now), an `Evacuate` request that the destination takes only on its own
+    /// operator's order (docs/scheduler.md, "Evacuation").
+    pub evacuate: bool,
 }
 
 impl Default for MigrateOptions {
@@ -209,8 +213,26 @@ impl Default for MigrateOptions {
             params: MigrationParams { downtime_limit_ms: DEFAULT_DOWNTIME_MS, max_bandwidth: DEFAULT_MAX_BANDWIDTH },
             timeout: DEFAULT_TIMEOUT,
             encoding: StreamEncoding::Zstd,
+            evacuate: false,
         }
     }
+}
+
+/// How long an evacuation order waits for its VM by default.
+pub const EVACUATION_ORDER_SECS: u64 = 300;
+
+/// Evacuation orders a destination holds: (source node, VM name) -> the order. Shared with the
+/// node's peer sync, which keeps a revoked source in the mesh while an order for one of its VMs
+/// stands, and while the migration it ordered runs.
+pub type Orders = Arc<Mutex<BTreeMap<(NodeId, String), Order>>>;
+
+/// One evacuation order.
+#[derive(Debug, Clone, Copy)]
+pub struct Order {
+    /// Until when the request may come; once taken, until when the migration may run.
+    pub until: Instant,
+    /// The request came: the migration runs (the order ends with it, or at `until`).
+    pub taken: bool,
 }
 
 /// Send buffer of the proxy's socket into the destination QEMU. Small on purpose: the
@@ -292,6 +314,7 @@ pub struct Migrations {
     mesh: Mesh,
     vms: Arc<VmPlane>,
     status: Mutex<BTreeMap<String, MigrationStatus>>,
+    orders: Orders,
 }
 
 impl std::fmt::Debug for Migrations {
@@ -307,7 +330,28 @@ enum SourceEnd {
 
 impl Migrations {
     pub fn new(me: NodeId, tcb: Arc<TcbClient>, mesh: Mesh, vms: Arc<VmPlane>) -> Arc<Self> {
-        Arc::new(Self { me, tcb, mesh, vms, status: Mutex::default() })
+        Arc::new(Self { me, tcb, mesh, vms, status: Mutex::default(), orders: Arc::default() })
+    }
+
+    /// The evacuation orders (the node's peer sync reads them).
+    pub fn orders(&self) -> Orders {
+        Arc::clone(&self.orders)
+    }
+
+    /// The operator's order to take VM `name` from node `from`, which the ledger has revoked,
+    /// within `secs` seconds: one `Evacuate` request from that node for that VM is then taken
+    /// without a grant.
+    pub fn order_evacuation(&self, from: NodeId, name: &str, secs: u64) {
+        let until = Instant::now() + Duration::from_secs(secs);
+        lock(&self.orders).insert((from, name.to_owned()), Order { until, taken: false });
+    }
+
+    /// The nodes that evacuation orders stand for now (expired orders are dropped).
+    pub fn evacuating_from(orders: &Orders) -> std::collections::BTreeSet<NodeId> {
+        let mut o = lock(orders);
+        let now = Instant::now();
+        o.retain(|_, order| order.until > now);
+        o.keys().map(|(n, _)| *n).collect()
     }
 
     /// Starts the destination service on [`MIGRATE_PORT`].
@@ -488,15 +532,21 @@ impl Migrations {
             return Err(before(vm_err(name)("it boots a sealed image, and those do not migrate yet".into())));
         }
         let spec_json = serde_json::to_string(&spec).map_err(|e| before(vm_err(name)(e.to_string())))?;
-        let expires = now_unix_s() + GRANT_SECS;
-        let grant = self
-            .tcb
-            .issue_grant(to, ResourceType::Vm, vm_id(self.me, name), expires)
-            .await
-            .map_err(|e| before(e.into()))?;
-        let endorsement = self.tcb.endorse(&grant.token).await.map_err(|e| before(e.into()))?;
-        let request =
-            MigrateMsg::request(opts.encoding, &grant.token, endorsement.0, spec_json).map_err(|e| before(e.into()))?;
+        let request = if opts.evacuate {
+            if spec_json.len() > crate::migrate_wire::MAX_SPEC {
+                return Err(before(vm_err(name)(format!("its spec is {} bytes, over the limit", spec_json.len()))));
+            }
+            MigrateMsg::Evacuate { encoding: opts.encoding, spec: spec_json }
+        } else {
+            let expires = now_unix_s() + GRANT_SECS;
+            let grant = self
+                .tcb
+                .issue_grant(to, ResourceType::Vm, vm_id(self.me, name), expires)
+                .await
+                .map_err(|e| before(e.into()))?;
+            let endorsement = self.tcb.endorse(&grant.token).await.map_err(|e| before(e.into()))?;
+            MigrateMsg::request(opts.encoding, &grant.token, endorsement.0, spec_json).map_err(|e| before(e.into()))?
+        };
         self.update(name, |s| {
             s.grant_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
             s.phase = Phase::Connecting;
@@ -662,24 +712,47 @@ impl Migrations {
                 let _ = self.vms.destroy(&name).await;
             }
         }
+        // An evacuation order ends with its migration, once the source has its answer: the
+        // revoked source then leaves the mesh at the next peer sync.
+        if lock(&self.orders).remove(&(peer, name.clone())).is_some() {
+            self.vms_event(format!("evacuation of {name} from {peer} ended"));
+        }
     }
 
     /// Checks a request and prepares the destination QEMU; returns the VM's name, the socket
     /// its QEMU listens on and the stream's encoding.
     async fn accept(&self, peer: NodeId, request: MigrateMsg) -> Result<(String, PathBuf, StreamEncoding), String> {
-        let MigrateMsg::Request { encoding, token, endorsement, spec } = request else {
-            return Err(format!("{request:?} is not a request"));
+        let (encoding, spec) = match request {
+            MigrateMsg::Request { encoding, token, endorsement, spec } => {
+                let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
+                let verdict = self
+                    .tcb
+                    .verify_endorsed(&token, &ppn_wire::ByteArray(endorsement))
+                    .await
+                    .map_err(|e| format!("TCB: {e}"))?;
+                check_grant(verdict, token_claims(&token), self.me, peer, &spec.name)?;
+                (encoding, spec)
+            }
+            MigrateMsg::Evacuate { encoding, spec } => {
+                let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
+                // Only on this node's operator's order for this VM from this peer, and once: the
+                // order is taken now and ends with the migration (`serve`).
+                let mut orders = lock(&self.orders);
+                match orders.get_mut(&(peer, spec.name.clone())) {
+                    Some(o) if !o.taken && o.until > Instant::now() => {
+                        o.taken = true;
+                        o.until = Instant::now() + DEFAULT_TIMEOUT;
+                    }
+                    _ => return Err(format!("no evacuation order here for {} from {peer}", spec.name)),
+                }
+                drop(orders);
+                (encoding, spec)
+            }
+            other => return Err(format!("{other:?} is not a request")),
         };
         if let StreamEncoding::Unknown(c) = encoding {
             return Err(format!("stream encoding {c} is not one this node knows (0 plain, 1 zstd)"));
         }
-        let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
-        let verdict = self
-            .tcb
-            .verify_endorsed(&token, &ppn_wire::ByteArray(endorsement))
-            .await
-            .map_err(|e| format!("TCB: {e}"))?;
-        check_grant(verdict, token_claims(&token), self.me, peer, &spec.name)?;
         spec.validate().map_err(|e| format!("VM spec: {e}"))?;
         if !spec.extra_args.is_empty() {
             return Err("a migrating VM carries no extra QEMU arguments".into());
@@ -799,6 +872,19 @@ impl Migrations {
 pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> Result<serde_json::Value, String> {
     let name = req["name"].as_str().ok_or("want \"name\": a VM name")?;
     let status = match op {
+        "vm-evacuate-accept" => {
+            let from = req["from"]
+                .as_str()
+                .and_then(crate::hints::parse_node_id)
+                .ok_or("vm-evacuate-accept: want \"from\": the revoked node, 16 hex digits")?;
+            let secs = req["secs"].as_u64().unwrap_or(EVACUATION_ORDER_SECS).clamp(1, 3600);
+            node.migrations.order_evacuation(from, name, secs);
+            // Back into the mesh at once, for this migration only (the peer sync keeps it).
+            node.sync_soon();
+            return Ok(
+                serde_json::json!({ "ok": true, "order": { "from": from.to_string(), "name": name, "secs": secs } }),
+            );
+        }
         "vm-migrate" => {
             let to = req["to"]
                 .as_str()
@@ -819,6 +905,7 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
             if let Some(t) = req["timeout_s"].as_u64() {
                 opts.timeout = Duration::from_secs(t);
             }
+            opts.evacuate = req["evacuate"] == true;
             // The operator's pin is never overridden, not even by a migration asked by hand.
             if node.vms.placement(name).is_some_and(|p| p.pinned) {
                 return Err(format!("{name} is pinned to this node: `ppn vm unpin {name}` first"));

@@ -244,6 +244,7 @@ impl Node {
             Arc::clone(&self.sync_now),
             self.me,
         );
+        let orders = self.migrations.orders();
         let changes = self.gossip.ledger_changed();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -253,7 +254,8 @@ impl Node {
                     _ = changes.notified() => {}
                     _ = notify.notified() => {}
                 }
-                sync_peers(me, &tcb, &mesh, &gossip, &hints, &members).await;
+                let keep = crate::migration::Migrations::evacuating_from(&orders);
+                sync_peers(me, &tcb, &mesh, &gossip, &hints, &members, &keep).await;
             }
         });
     }
@@ -283,7 +285,13 @@ impl Node {
 
     /// Brings the mesh's peers in line with the ledger now.
     pub async fn sync_peers(&self) {
-        sync_peers(self.me, &self.tcb, &self.mesh, &self.gossip, &self.hints, &self.members).await;
+        let keep = crate::migration::Migrations::evacuating_from(&self.migrations.orders());
+        sync_peers(self.me, &self.tcb, &self.mesh, &self.gossip, &self.hints, &self.members, &keep).await;
+    }
+
+    /// Asks the peer sync to run now (after an evacuation order).
+    pub fn sync_soon(&self) {
+        self.sync_now.notify_one();
     }
 
     /// An attestation report on VM `name` for a verifier's `nonce`, signed by this node's TCB
@@ -415,19 +423,26 @@ async fn sync_peers(
     gossip: &Gossip<MeshTransport>,
     hints: &Mutex<Hints>,
     members: &Mutex<BTreeMap<NodeId, (PublicKey, bool)>>,
+    evacuating: &BTreeSet<NodeId>,
 ) {
     let Ok(list) = tcb.ledger_members().await else { return };
     let mut seen = BTreeMap::new();
     let mut want: BTreeMap<[u8; 32], (PublicKey, NodeId, SocketAddr)> = BTreeMap::new();
+    let mut gossip_to = Vec::new();
     for m in &list {
         let Some(wg) = m.wireguard else { continue };
         let key = PublicKey::from(wg.0);
         seen.insert(m.node_id, (key, m.trusted));
-        if m.node_id == me || !m.trusted {
+        // A revoked node stays in the mesh only while this node's operator has it evacuate a
+        // VM here (and it never gets gossip: its records are refused anyway).
+        if m.node_id == me || !(m.trusted || evacuating.contains(&m.node_id)) {
             continue;
         }
         if let Some(endpoint) = lock(hints).get(&m.node_id) {
             want.insert(wg.0, (key, m.node_id, endpoint));
+            if m.trusted {
+                gossip_to.push(m.node_id);
+            }
         }
     }
     *lock(members) = seen;
@@ -443,7 +458,7 @@ async fn sync_peers(
             let _ = mesh.add_peer(*key, *endpoint, transport::ip_of(*node)).await;
         }
     }
-    gossip.set_peers(want.values().map(|(_, node, _)| *node));
+    gossip.set_peers(gossip_to);
 }
 
 fn now_ms() -> u64 {

@@ -77,7 +77,14 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
     // 64 MiB borrowed from node 0 and plugged move with the guest (docs/migration.md, Leases).
     let grown = call(f, 1, json!({ "op": "vm-grow", "name": VM, "mib": 64, "from": f.nodes[0].node_id }));
     let mem_total_kib = grown["grown"]["mem_total_kib"].as_u64().expect("MemTotal after the grow");
-    let limit_ms = 30;
+    // 300 ms, not the 30 of `ppn vm migrate`: QEMU before 9.0 under TCG loses guest writes when
+    // it syncs the dirty bitmap with the guest running and then iterates again (the TCG TLB is
+    // not reset; fixed upstream by 03bfc2188f "physmem: Fix migration dirty bitmap coherency
+    // with TCG memory access"), and the destination's kernel then panics within seconds. With
+    // 30 ms a busy guest (just grown) needed that second running pass in 1 run of 5 (85 runs:
+    // dirty-sync-count 4 to 6 crashed every time, 3 never); with 300 ms QEMU switches over after
+    // its first pass (0 crashes in 29 runs). docs/migration.md, "QEMU 7.2 under TCG".
+    let limit_ms = 300;
     call(f, 1, json!({ "op": "vm-migrate", "name": VM, "to": f.nodes[0].node_id, "downtime_ms": limit_ms }));
     // Follow the guest on both nodes until the migration ends: (node, counter, received µs).
     let mut seen: Vec<(usize, u64, u64)> = Vec::new();
@@ -139,15 +146,18 @@ async fn a_running_vm_moves_to_another_node_and_its_counter_never_goes_back() {
         seen.len(),
         first_dst.1
     );
-    // QEMU's downtime: the limit is its target; with TCG on two loaded cores it overshoots, but
-    // not by an order of magnitude.
-    assert!(downtime < 10 * limit_ms, "downtime {downtime} ms");
+    // QEMU's downtime: the limit is its target (it usually stops well below it: 20-70 ms).
+    assert!(downtime < 3 * limit_ms, "downtime {downtime} ms");
     // The guest's pause, the source QEMU's STOP to the destination's RESUME: QEMU's downtime
     // (until the source wrote its last byte) plus the tail of the stream through the tunnel and
-    // the destination's load. A release build measures 20-40 ms (docs/migration.md); this
-    // debug build on two loaded cores gets 5x the limit.
+    // the destination's load: 26-82 ms in 29 runs of this debug build, up to 542 ms when the
+    // two cores also ran a build and two other TCG guests.
     assert!(pause_ms + 2.0 >= downtime as f64, "paused {pause_ms:.1} ms, less than QEMU's downtime {downtime} ms");
-    assert!(pause_ms < 5.0 * limit_ms as f64, "the guest was paused {pause_ms:.1} ms");
+    assert!(pause_ms < 3.0 * limit_ms as f64, "the guest was paused {pause_ms:.1} ms");
+    // QEMU switched over after its first pass with the guest running (setup sync, one running
+    // sync, the final sync): the case the QEMU bug above cannot touch.
+    let syncs = status["progress"]["dirty_sync_count"].as_u64();
+    eprintln!("dirty-sync-count {syncs:?}");
     assert_eq!(status["encoding"], "zstd");
     let stream = &status["stream"];
     assert!(stream["wire_bytes"].as_u64() < stream["stream_bytes"].as_u64(), "{stream}");

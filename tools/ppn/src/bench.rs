@@ -126,6 +126,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A node of a 3-node emulated fleet revoked with VMs on it (`ppn node revoke`): the
+    /// revocation to every other TCB refusing the node, and to its last VM running elsewhere.
+    /// Starts the fleet and the guests in a temporary directory, stops them at the end.
+    Evacuate {
+        /// Unpinned VMs on the node that is revoked.
+        #[arg(long, default_value_t = 2)]
+        vms: usize,
+        /// Each VM's memory, MiB.
+        #[arg(long, default_value_t = 256)]
+        mem: u64,
+        /// Data directory of the guest image cache (DIR/ppn-guest).
+        #[arg(long, env = "PPN_DATA_DIR", default_value = "target")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Growing a VM through the fabric (lease, TCB check, virtio-mem plug) next to a bare QMP
     /// plug of the same kind of guest: request until the guest's MemTotal shows it, medians.
     /// Starts a 2-node fleet and a bare QEMU in a temporary directory, stops them at the end.
@@ -171,6 +187,9 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
         Command::Migrate { mem, encoding, rounds, data_dir, json } => {
             let opts = crate::bench_migrate::MigrateOpts { mem, encoding, rounds, data_dir };
             return crate::bench_migrate::migrate(&opts, json);
+        }
+        Command::Evacuate { vms, mem, data_dir, json } => {
+            return crate::bench_evacuate::evacuate(&crate::bench_evacuate::EvacuateOpts { vms, mem, data_dir }, json);
         }
         Command::Plug { mib, rounds, data_dir, json } => {
             return crate::bench_plug::plug(&crate::bench_plug::PlugOpts { mib, rounds, data_dir }, json);

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod bench;
+mod bench_evacuate;
 mod bench_migrate;
 mod bench_plug;
 mod bench_vm;
+mod demo;
+mod evacuate;
 mod fleet;
 mod grant;
 mod guest;
@@ -88,6 +91,10 @@ enum Command {
         #[command(subcommand)]
         command: vm::Command,
     },
+    /// The fleet demo: a 3-node emulated fleet on this machine, a VM placed by the scheduler,
+    /// grown with lent memory, live-migrated, a pinned VM, then a node revoked and evacuated;
+    /// narrated, with status tables; everything stopped on the way out and on Ctrl-C.
+    Demo(demo::DemoArgs),
     /// Move VMs so that every node holds no more than it offers, and none stays on a node that
     /// is revoked or unreachable: the scheduler's plan (pinned VMs never move), then one live
     /// migration after another. `--dry-run` prints the plan only.
@@ -171,6 +178,7 @@ fn main() -> ExitCode {
             Command::Guest { command } => guest::run(command),
             Command::Vm { command } => vm::run(command),
             Command::Rebalance { fleet_dir, dry_run, json } => place::rebalance(&fleet_dir, dry_run, json),
+            Command::Demo(args) => demo::run(args),
             Command::Lease { command } => vm::run_lease(command),
             Command::Node { command } => node_cmd::run(command),
         }

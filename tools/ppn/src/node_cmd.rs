@@ -8,6 +8,18 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Revoke a node of the local fleet and bring everything home: every TCB refuses it within
+    /// the mesh's revocation time, its borrowed memory returns to the lenders, its unpinned VMs
+    /// live-migrate to trusted nodes (progress shown), its pinned VMs are reported and left.
+    Revoke {
+        /// The node: an index of the local fleet, or 16 hex digits.
+        node: String,
+        /// The local fleet's directory.
+        #[arg(long, env = "PPN_FLEET_DIR", default_value_os_t = std::env::temp_dir().join("ppn-fleet"))]
+        fleet_dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The balloon controller: budget, and per VM the weight, floor, target, balloon actual and
     /// the guest's MemAvailable. `--budget-mib` sets the node's budget first.
     Balloon {
@@ -93,6 +105,15 @@ pub fn print_status(b: &Value) {
 
 pub fn run(command: Command) -> Result<ExitCode, String> {
     match command {
+        Command::Revoke { node, fleet_dir, json } => {
+            let v = crate::evacuate::revoke_and_evacuate(&fleet_dir, &node, json)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                crate::evacuate::print_summary(&v);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Balloon { on, budget_mib, default_budget, weight, json } => {
             let mut req = json!({ "op": "node-balloon" });
             if let Some(b) = budget_mib {

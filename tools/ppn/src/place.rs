@@ -220,6 +220,15 @@ pub fn print_nodes(s: &Snapshot) {
     }
 }
 
+/// QEMU's downtime limit for the migrations the scheduler's plans run (rebalance,
+/// evacuation), ms. Higher than `ppn vm migrate`'s 30 on purpose: QEMU before 9.0 under TCG
+/// loses guest writes when it syncs the dirty bitmap with the guest running and then iterates
+/// again (the TCG TLB is not reset; upstream fix 03bfc2188f, "physmem: Fix migration dirty
+/// bitmap coherency with TCG memory access"), and a busy guest's kernel on the destination
+/// then panics. With 300 ms QEMU switches over after its first pass (docs/migration.md, "QEMU
+/// 7.2 under TCG").
+pub const PLAN_DOWNTIME_MS: u64 = 300;
+
 /// A plan as JSON, nodes by index and id.
 pub fn plan_json(s: &Snapshot, p: &ppn_scheduler::Plan) -> Value {
     let idx = |id: &NodeId| s.member(id).map_or(usize::MAX, |m| m.index);
@@ -272,8 +281,8 @@ pub fn run_plan(
         let (from, to) = (s.member(&m.from).ok_or("unknown source")?, s.member(&m.to).ok_or("unknown destination")?);
         let on = crate::vm::On { node: Some(from.control.display().to_string()), fleet_dir: fleet_dir.to_path_buf() };
         let t = std::time::Instant::now();
-        let req =
-            json!({ "op": "vm-migrate", "name": m.vm, "to": to.id.to_string(), "downtime_ms": 30, "timeout_s": 300 });
+        let req = json!({ "op": "vm-migrate", "name": m.vm, "to": to.id.to_string(), "downtime_ms": PLAN_DOWNTIME_MS,
+                "timeout_s": 300 });
         let status =
             crate::vm::migrate(&on, req, bar).map_err(|e| format!("{e} (moves done before it: {})", done.len()))?;
         fleet::control(

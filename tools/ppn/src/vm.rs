@@ -370,7 +370,7 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
 /// Where `ppn vm create` defines VM `name`: on the `--pin` node (pinned, checked by the
 /// scheduler), on the `--node` the operator named, or on the scheduler's best fit over the
 /// local fleet. Returns the node and the placement record to keep with the VM.
-fn where_to(on: &On, name: &str, pin: Option<&str>, mem: u64, vcpus: u32) -> Result<(On, Value), String> {
+pub fn where_to(on: &On, name: &str, pin: Option<&str>, mem: u64, vcpus: u32) -> Result<(On, Value), String> {
     let at = |control: PathBuf| On { node: Some(control.display().to_string()), fleet_dir: on.fleet_dir.clone() };
     if on.node.is_some() {
         return Ok((
