@@ -22,8 +22,8 @@ fn the_real_sdf_passes_with_a_one_line_summary() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(text.contains("qemu_virt_aarch64.system: ok: 3 protection domains, 14 memory regions"), "{text}");
-    assert!(text.contains("3 channels, 4 interrupts, 4 setvars match ppn-layout"), "{text}");
+    assert!(text.contains("qemu_virt_aarch64.system: ok: 4 protection domains, 17 memory regions"), "{text}");
+    assert!(text.contains("5 channels, 4 interrupts, 4 setvars match ppn-layout"), "{text}");
     assert!(out.stderr.is_empty());
 
     let out = ppn_sdf_check(&real_sdf(), true);
@@ -31,8 +31,8 @@ fn the_real_sdf_passes_with_a_one_line_summary() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["ok"], true);
     assert_eq!(v["board"], "qemu_virt_aarch64");
-    assert_eq!(v["summary"]["pds"], 3);
-    assert_eq!(v["summary"]["channels"], 3);
+    assert_eq!(v["summary"]["pds"], 4);
+    assert_eq!(v["summary"]["channels"], 5);
     assert_eq!(v["errors"].as_array().map(Vec::len), Some(0));
 }
 
