@@ -114,6 +114,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+fn key32(b: &[u8], at: usize) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&b[at..at + 32]);
+    a
+}
+
 fn id8(b: &[u8], at: usize) -> NodeId {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
@@ -165,21 +171,9 @@ impl Record {
             parents.push(ByteArray(p));
         }
         let body = match kind {
-            1 => {
-                let mut key = [0u8; 32];
-                key.copy_from_slice(&bytes[body_at..body_at + 32]);
-                let mut wireguard = [0u8; 32];
-                wireguard.copy_from_slice(&bytes[body_at + 32..body_at + 64]);
-                Body::NodeAdmitted { key, wireguard }
-            }
+            1 => Body::NodeAdmitted { key: key32(bytes, body_at), wireguard: key32(bytes, body_at + 32) },
             2 => Body::NodeRevoked { node: id8(bytes, body_at) },
-            4 => {
-                let mut root_hash = [0u8; 32];
-                root_hash.copy_from_slice(&bytes[body_at..body_at + 32]);
-                let mut statement = [0u8; 32];
-                statement.copy_from_slice(&bytes[body_at + 32..body_at + 64]);
-                Body::ImageProvisioned { root_hash, statement }
-            }
+            4 => Body::ImageProvisioned { root_hash: key32(bytes, body_at), statement: key32(bytes, body_at + 32) },
             _ => {
                 let (first, last) = (u64_at(bytes, body_at + 8), u64_at(bytes, body_at + 16));
                 if first > last {

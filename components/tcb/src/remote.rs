@@ -130,6 +130,16 @@ pub enum CallError {
     Refused(ErrorCode, String),
 }
 
+impl CallError {
+    /// As the service's refusal: the ledger's own, or `Internal` when the port failed.
+    fn refused(self) -> Refused {
+        match self {
+            CallError::Refused(code, d) => (code, d),
+            CallError::Port(d) => (ErrorCode::Internal, d),
+        }
+    }
+}
+
 impl core::fmt::Display for CallError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -225,10 +235,7 @@ impl<T: PortTransport> ProvisioningLog for RemoteLedger<T> {
             PortReply::Record(id) => Ok(id),
             _ => Err(unexpected(Op::RecordProvisioning)),
         });
-        r.map_err(|e| match e {
-            CallError::Refused(code, d) => (code, d),
-            CallError::Port(d) => (ErrorCode::Internal, d),
-        })
+        r.map_err(CallError::refused)
     }
 }
 
@@ -260,9 +267,6 @@ impl<T: PortTransport> LedgerPort for RemoteLedger<T> {
             }
             _ => Err(unexpected(Op::IssueLeaseGrant)),
         });
-        r.map_err(|e| match e {
-            CallError::Refused(code, d) => (code, d),
-            CallError::Port(d) => (ErrorCode::Internal, d),
-        })
+        r.map_err(CallError::refused)
     }
 }

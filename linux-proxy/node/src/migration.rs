@@ -346,6 +346,21 @@ impl Migrations {
         lock(&self.orders).insert((from, name.to_owned()), Order { until, taken: false });
     }
 
+    /// Takes the evacuation order for `name` from `peer`: only on this node's operator's order
+    /// for this VM from this peer, and once. A taken order stands until the migration ends
+    /// (`serve`), or for as long as a migration may take.
+    fn take_order(&self, peer: NodeId, name: &str) -> Result<(), String> {
+        let mut orders = lock(&self.orders);
+        match orders.get_mut(&(peer, name.to_owned())) {
+            Some(o) if !o.taken && o.until > Instant::now() => {
+                o.taken = true;
+                o.until = Instant::now() + DEFAULT_TIMEOUT;
+                Ok(())
+            }
+            _ => Err(format!("no evacuation order here for {name} from {peer}")),
+        }
+    }
+
     /// The nodes that evacuation orders stand for now (expired orders are dropped).
     pub fn evacuating_from(orders: &Orders) -> std::collections::BTreeSet<NodeId> {
         let mut o = lock(orders);
@@ -396,6 +411,10 @@ impl Migrations {
     ) -> Result<MigrationStatus, MigrationError> {
         if to == self.me {
             return Err(MigrationError::Refused(format!("{name} already runs on this node ({to})")));
+        }
+        // The operator's pin is never overridden, not even by a migration asked by hand.
+        if self.vms.placement(name).is_some_and(|p| p.pinned) {
+            return Err(MigrationError::Refused(format!("{name} is pinned to this node: `ppn vm unpin {name}` first")));
         }
         let state = self.vms.manager.state(name).await.map_err(|e| vm_err(name)(e.to_string()))?;
         if state.label() != "running" {
@@ -722,34 +741,24 @@ impl Migrations {
     /// Checks a request and prepares the destination QEMU; returns the VM's name, the socket
     /// its QEMU listens on and the stream's encoding.
     async fn accept(&self, peer: NodeId, request: MigrateMsg) -> Result<(String, PathBuf, StreamEncoding), String> {
-        let (encoding, spec) = match request {
-            MigrateMsg::Request { encoding, token, endorsement, spec } => {
-                let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
+        // A `Request` carries a grant from the source's TCB; an `Evacuate` none.
+        let (encoding, spec, grant) = match request {
+            MigrateMsg::Request { encoding, token, endorsement, spec } => (encoding, spec, Some((token, endorsement))),
+            MigrateMsg::Evacuate { encoding, spec } => (encoding, spec, None),
+            other => return Err(format!("{other:?} is not a request")),
+        };
+        let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
+        match grant {
+            Some((token, endorsement)) => {
                 let verdict = self
                     .tcb
                     .verify_endorsed(&token, &ppn_wire::ByteArray(endorsement))
                     .await
                     .map_err(|e| format!("TCB: {e}"))?;
                 check_grant(verdict, token_claims(&token), self.me, peer, &spec.name)?;
-                (encoding, spec)
             }
-            MigrateMsg::Evacuate { encoding, spec } => {
-                let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| format!("VM spec: {e}"))?;
-                // Only on this node's operator's order for this VM from this peer, and once: the
-                // order is taken now and ends with the migration (`serve`).
-                let mut orders = lock(&self.orders);
-                match orders.get_mut(&(peer, spec.name.clone())) {
-                    Some(o) if !o.taken && o.until > Instant::now() => {
-                        o.taken = true;
-                        o.until = Instant::now() + DEFAULT_TIMEOUT;
-                    }
-                    _ => return Err(format!("no evacuation order here for {} from {peer}", spec.name)),
-                }
-                drop(orders);
-                (encoding, spec)
-            }
-            other => return Err(format!("{other:?} is not a request")),
-        };
+            None => self.take_order(peer, &spec.name)?,
+        }
         if let StreamEncoding::Unknown(c) = encoding {
             return Err(format!("stream encoding {c} is not one this node knows (0 plain, 1 zstd)"));
         }
@@ -906,10 +915,6 @@ pub async fn control(node: &crate::Node, op: &str, req: &serde_json::Value) -> R
                 opts.timeout = Duration::from_secs(t);
             }
             opts.evacuate = req["evacuate"] == true;
-            // The operator's pin is never overridden, not even by a migration asked by hand.
-            if node.vms.placement(name).is_some_and(|p| p.pinned) {
-                return Err(format!("{name} is pinned to this node: `ppn vm unpin {name}` first"));
-            }
             node.migrations.start(name, to, opts).await.map_err(|e| e.to_string())?
         }
         "vm-agent" => {

@@ -167,20 +167,25 @@ pub fn place(fleet: &Fleet, request: &Request) -> Result<Placement, PlaceError> 
     place_all(fleet, core::slice::from_ref(request)).pop().expect("one answer per request")
 }
 
-/// Places a batch of requests, each on the capacity the earlier ones left: pinned requests
-/// first, then the others largest first (best-fit decreasing), ties by name. The answers come
-/// back in the order of `requests`.
-pub fn place_all(fleet: &Fleet, requests: &[Request]) -> Vec<Result<Placement, PlaceError>> {
-    let mut free = Free::of(fleet);
-    let status: BTreeMap<NodeId, Status> = fleet.nodes.iter().map(|n| (n.id, n.status)).collect();
-    let mut taken: BTreeSet<&str> = fleet.vms.iter().map(|v| v.name.as_str()).collect();
+/// The order in which a batch is placed, as indices into `requests`: pinned requests first,
+/// then the others largest first (best-fit decreasing), ties by name.
+pub fn batch_order(requests: &[Request]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by(|&a, &b| {
         let (x, y) = (&requests[a], &requests[b]);
         (y.pin.is_some(), y.mem_mib, y.vcpus).cmp(&(x.pin.is_some(), x.mem_mib, x.vcpus)).then(x.name.cmp(&y.name))
     });
+    order
+}
+
+/// Places a batch of requests, each on the capacity the earlier ones left, in
+/// [`batch_order`]. The answers come back in the order of `requests`.
+pub fn place_all(fleet: &Fleet, requests: &[Request]) -> Vec<Result<Placement, PlaceError>> {
+    let mut free = Free::of(fleet);
+    let status: BTreeMap<NodeId, Status> = fleet.nodes.iter().map(|n| (n.id, n.status)).collect();
+    let mut taken: BTreeSet<&str> = fleet.vms.iter().map(|v| v.name.as_str()).collect();
     let mut out: Vec<Option<Result<Placement, PlaceError>>> = vec![None; requests.len()];
-    for i in order {
+    for i in batch_order(requests) {
         let r = &requests[i];
         let answer = place_one(&mut free, &status, &mut taken, r);
         out[i] = Some(answer);

@@ -92,13 +92,9 @@ pub fn workload(o: &PlaceOpts) -> (Fleet, Vec<Request>) {
 pub fn place_by_scan(fleet: &Fleet, requests: &[Request]) -> Vec<Option<NodeId>> {
     let mut free: Vec<(NodeId, u64, u32)> = fleet.nodes.iter().map(|n| (n.id, n.mem_mib, n.vcpus)).collect();
     free.sort_by_key(|f| f.0);
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (x, y) = (&requests[a], &requests[b]);
-        (y.pin.is_some(), y.mem_mib, y.vcpus).cmp(&(x.pin.is_some(), x.mem_mib, x.vcpus)).then(x.name.cmp(&y.name))
-    });
     let mut out = vec![None; requests.len()];
-    for i in order {
+    // The same order as the scheduler's; only the choice of node differs (a scan, no index).
+    for i in ppn_scheduler::batch_order(requests) {
         let r = &requests[i];
         let fits = |f: &&mut (NodeId, u64, u32)| f.1 >= r.mem_mib && f.2 >= r.vcpus;
         let chosen = match r.pin {

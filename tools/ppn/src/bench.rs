@@ -556,16 +556,7 @@ fn mesh_revocation(nodes: usize, runs: usize, loss: f64, json: bool) -> Result<E
     if !(0.0..1.0).contains(&loss) {
         return Err("--loss must be in [0, 1)".into());
     }
-    let opts = UpOptions {
-        nodes,
-        tcb_bin: crate::fleet::sibling("ppn-tcb")?,
-        node_bin: crate::fleet::sibling("ppn-node")?,
-        loss,
-        settle: SETTLE,
-        lend_mib: 0,
-        vm_mem_mib: None,
-        vm_vcpus: None,
-    };
+    let opts = UpOptions { loss, settle: SETTLE, ..crate::fleet::up_options(nodes, 0)? };
     let tmp = tempfile::Builder::new()
         .prefix("ppn-bench-mesh.")
         .tempdir()

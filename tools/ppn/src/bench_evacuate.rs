@@ -34,7 +34,7 @@ pub fn evacuate(o: &EvacuateOpts, json_out: bool) -> Result<ExitCode, String> {
             let name = format!("bench-{k}");
             let spec = guest_spec(&o.data_dir, &name, o.mem, o.mem)?;
             let control = f.nodes[victim].control.clone();
-            let placement = crate::place::placement(false, "chosen");
+            let placement = crate::place::placement(false, crate::place::Why::Chosen);
             fleet::control(&control, &json!({ "op": "vm-create", "spec": spec, "placement": placement }))?;
             fleet::control(&control, &json!({ "op": "vm-start", "name": name }))?;
         }

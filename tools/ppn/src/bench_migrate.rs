@@ -187,7 +187,7 @@ async fn measure(
     rounds: usize,
 ) -> Result<serde_json::Value, String> {
     let f = fleet::up(dir, up, |_| {}).await?;
-    let on = |i: usize| On { node: Some(f.nodes[i].control.display().to_string()), fleet_dir: dir.to_path_buf() };
+    let on = |i: usize| On::at(&f.nodes[i].control, dir);
 
     // The fabric's guest on node 1, the raw one beside it; both boot at once.
     on(1).call(json!({ "op": "vm-create", "spec": spec }))?;

@@ -9,7 +9,6 @@ use ppn_vm::VmSpec;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// The spec of a bench guest: the cached guest image (built first if need be) in
 /// `data_dir/ppn-guest`, with absolute paths (QEMU runs from elsewhere).
@@ -32,16 +31,7 @@ where
 {
     let tmp = tempfile::Builder::new().prefix(prefix).tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let dir = tmp.path().join("fleet");
-    let up = UpOptions {
-        nodes: 2,
-        tcb_bin: crate::fleet::sibling("ppn-tcb")?,
-        node_bin: crate::fleet::sibling("ppn-node")?,
-        loss: 0.0,
-        settle: Duration::from_secs(60),
-        lend_mib,
-        vm_mem_mib: None,
-        vm_vcpus: None,
-    };
+    let up = crate::fleet::up_options(2, lend_mib)?;
     let scratch = tmp.path().join("raw-vms");
     let result = std::thread::scope(|s| {
         let dir = dir.clone();

@@ -123,23 +123,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
 fn demo(dir: &Path, data_dir: &Path) -> Result<(), String> {
     let mut step = 0;
     let t0 = Instant::now();
-    // The guest image first (built once and cached), so the steps below are not waiting on it.
-    crate::bench_vm::guest_spec(data_dir, "probe", 256, 256)?;
 
     say(
         &mut step,
         "A fleet of three nodes on this machine: each a TCB (hosted ppn-tcb) and a ppn-node; node 0 pairs with the others (CPace, six-digit SAS, key confirmation), and every node meshes with every other over userspace WireGuard. Each offers VMs 1024 MiB and 4 vCPUs, and lends 1024 MiB of its pool.",
     );
-    let up = UpOptions {
-        nodes: 3,
-        tcb_bin: crate::fleet::sibling("ppn-tcb")?,
-        node_bin: crate::fleet::sibling("ppn-node")?,
-        loss: 0.0,
-        settle: Duration::from_secs(60),
-        lend_mib: 1024,
-        vm_mem_mib: Some(1024),
-        vm_vcpus: Some(4),
-    };
+    let up = UpOptions { vm_mem_mib: Some(1024), vm_vcpus: Some(4), ..crate::fleet::up_options(3, 1024)? };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let f = rt.block_on(fleet::up(dir, &up, |l| println!("  {l}")))?;
     place::print_nodes(&place::snapshot(dir)?);
@@ -174,13 +163,13 @@ fn demo(dir: &Path, data_dir: &Path) -> Result<(), String> {
     let plan = ppn_scheduler::plan(&s.fleet, ppn_scheduler::Goal::Drain(s.members[web_node].id));
     let to = plan.moves.iter().find(|m| m.vm == "web").map(|m| m.to).ok_or("the scheduler has no node for web")?;
     let to_m = s.member(&to).ok_or("unknown node")?.clone();
-    let on = crate::vm::On { node: Some(web_control.display().to_string()), fleet_dir: dir.to_path_buf() };
+    let on = crate::vm::On::at(&web_control, dir);
     let req = json!({ "op": "vm-migrate", "name": "web", "to": to.to_string(),
         "downtime_ms": place::PLAN_DOWNTIME_MS, "timeout_s": 300 });
     let m = crate::vm::migrate(&on, req, true)?;
     fleet::control(
         &to_m.control,
-        &json!({ "op": "vm-placement", "name": "web", "placement": place::placement(false, "migrated") }),
+        &json!({ "op": "vm-placement", "name": "web", "placement": place::placement(false, place::Why::Migrated) }),
     )?;
     println!(
         "web now runs on node {}: guest paused {} ms, {} MiB of QEMU stream sent as {} MiB",

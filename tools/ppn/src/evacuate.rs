@@ -103,7 +103,7 @@ pub fn revoke_and_evacuate(fleet_dir: &Path, node: &str, quiet: bool) -> Result<
             &to.control,
             &json!({ "op": "vm-evacuate-accept", "name": m.vm, "from": target.id.to_string() }),
         )?;
-        let on = crate::vm::On { node: Some(target.control.display().to_string()), fleet_dir: fleet_dir.to_path_buf() };
+        let on = crate::vm::On::at(&target.control, fleet_dir);
         let t = Instant::now();
         let req = json!({ "op": "vm-migrate", "name": m.vm, "to": to.id.to_string(),
             "downtime_ms": place::PLAN_DOWNTIME_MS, "timeout_s": 300, "evacuate": true });
@@ -112,7 +112,7 @@ pub fn revoke_and_evacuate(fleet_dir: &Path, node: &str, quiet: bool) -> Result<
         fleet::control(
             &to.control,
             &json!({ "op": "vm-placement", "name": m.vm,
-            "placement": place::placement(false, "evacuated") }),
+            "placement": place::placement(false, place::Why::Evacuated) }),
         )?;
         say(format!(
             "  {} now runs on node {} ({:.0} ms, guest paused {} ms)",

@@ -69,22 +69,28 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
     if p.exists() { Ok(p) } else { Err(format!("{} not found next to ppn (set {var})", p.display())) }
 }
 
+/// A local fleet of `nodes` with the `ppn-tcb` and `ppn-node` next to this `ppn`, each TCB
+/// lending `lend_mib`, every node waited for up to 60 s; the rest as the defaults.
+pub fn up_options(nodes: usize, lend_mib: u32) -> Result<UpOptions, String> {
+    Ok(UpOptions {
+        nodes,
+        tcb_bin: sibling("ppn-tcb")?,
+        node_bin: sibling("ppn-node")?,
+        loss: 0.0,
+        settle: Duration::from_secs(60),
+        lend_mib,
+        vm_mem_mib: None,
+        vm_vcpus: None,
+    })
+}
+
 pub async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Up { nodes, at, loss, lend_mib, vm_mem, vm_vcpus } => {
             if nodes == 0 {
                 return Err("--nodes must be at least 1".into());
             }
-            let opts = UpOptions {
-                nodes,
-                tcb_bin: sibling("ppn-tcb")?,
-                node_bin: sibling("ppn-node")?,
-                loss,
-                settle: Duration::from_secs(60),
-                lend_mib,
-                vm_mem_mib: vm_mem,
-                vm_vcpus,
-            };
+            let opts = UpOptions { loss, vm_mem_mib: vm_mem, vm_vcpus, ..up_options(nodes, lend_mib)? };
             fleet::up(&at.dir, &opts, |line| eprintln!("{line}")).await?;
             println!(
                 "fleet of {nodes} running in {}; `ppn fleet status` shows it, `ppn fleet down` stops it",

@@ -4,6 +4,7 @@
 //! `ppn_scheduler` decides (docs/scheduler.md).
 
 use ppn_node::fleet;
+pub use ppn_node::vms::Why;
 use ppn_scheduler::{Fleet, Node, Status, Vm};
 use ppn_wire::NodeId;
 use serde_json::{Value, json};
@@ -160,10 +161,11 @@ pub fn free(s: &Snapshot, node: &NodeId) -> (u64, u32) {
     (n.mem_mib.saturating_sub(m), n.vcpus.saturating_sub(c))
 }
 
-/// A placement record for `vm-create` and `vm-placement`.
-pub fn placement(pinned: bool, reason: &str) -> Value {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    json!({ "pinned": pinned, "reason": reason, "at_unix_s": now })
+/// A placement record for `vm-create` and `vm-placement` (the node's own type, so the node
+/// decodes exactly what is sent).
+pub fn placement(pinned: bool, reason: Why) -> Value {
+    let at_unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    serde_json::to_value(ppn_node::vms::Placement { pinned, reason, at_unix_s }).unwrap_or(Value::Null)
 }
 
 /// The snapshot's nodes as JSON.
@@ -273,13 +275,13 @@ pub fn run_plan(
     s: &Snapshot,
     fleet_dir: &Path,
     p: &ppn_scheduler::Plan,
-    reason: &str,
+    reason: Why,
     bar: bool,
 ) -> Result<Vec<Value>, String> {
     let mut done = Vec::new();
     for m in &p.moves {
         let (from, to) = (s.member(&m.from).ok_or("unknown source")?, s.member(&m.to).ok_or("unknown destination")?);
-        let on = crate::vm::On { node: Some(from.control.display().to_string()), fleet_dir: fleet_dir.to_path_buf() };
+        let on = crate::vm::On::at(&from.control, fleet_dir);
         let t = std::time::Instant::now();
         let req = json!({ "op": "vm-migrate", "name": m.vm, "to": to.id.to_string(), "downtime_ms": PLAN_DOWNTIME_MS,
                 "timeout_s": 300 });
@@ -314,7 +316,7 @@ pub fn rebalance(fleet_dir: &Path, dry_run: bool, json_out: bool) -> Result<std:
         println!("\nplan ({}):", if dry_run { "dry run, nothing moves" } else { "running it" });
         print_plan(&s, &p);
     }
-    let done = if dry_run { Vec::new() } else { run_plan(&s, fleet_dir, &p, "rebalanced", !json_out)? };
+    let done = if dry_run { Vec::new() } else { run_plan(&s, fleet_dir, &p, Why::Rebalanced, !json_out)? };
     if json_out {
         crate::print_json(
             &json!({ "dry_run": dry_run, "nodes": nodes_json(&s), "plan": plan_json(&s, &p), "done": done }),

@@ -36,6 +36,11 @@ impl On {
     pub fn call(&self, request: Value) -> Result<Value, String> {
         fleet::control(&self.socket()?, &request)
     }
+
+    /// The node whose control socket is `control`, of the fleet in `fleet_dir`.
+    pub fn at(control: &std::path::Path, fleet_dir: &std::path::Path) -> On {
+        On { node: Some(control.display().to_string()), fleet_dir: fleet_dir.to_path_buf() }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -371,11 +376,10 @@ pub fn run(command: Command) -> Result<ExitCode, String> {
 /// scheduler), on the `--node` the operator named, or on the scheduler's best fit over the
 /// local fleet. Returns the node and the placement record to keep with the VM.
 pub fn where_to(on: &On, name: &str, pin: Option<&str>, mem: u64, vcpus: u32) -> Result<(On, Value), String> {
-    let at = |control: PathBuf| On { node: Some(control.display().to_string()), fleet_dir: on.fleet_dir.clone() };
     if on.node.is_some() {
         return Ok((
             On { node: on.node.clone(), fleet_dir: on.fleet_dir.clone() },
-            crate::place::placement(false, "chosen"),
+            crate::place::placement(false, crate::place::Why::Chosen),
         ));
     }
     let s = crate::place::snapshot(&on.fleet_dir)?;
@@ -394,7 +398,13 @@ pub fn where_to(on: &On, name: &str, pin: Option<&str>, mem: u64, vcpus: u32) ->
             m.index, m.id
         ),
     }
-    Ok((at(m.control.clone()), crate::place::placement(pin.is_some(), if pin.is_some() { "pinned" } else { "placed" })))
+    Ok((
+        On::at(&m.control, &on.fleet_dir),
+        crate::place::placement(
+            pin.is_some(),
+            if pin.is_some() { crate::place::Why::Pinned } else { crate::place::Why::Placed },
+        ),
+    ))
 }
 
 /// `ppn vm pin|unpin`: on the node that holds the VM (`--node`, or found in the fleet).

@@ -3,6 +3,9 @@
 //! a TCB that refuses leaves nothing behind. `ppn ledger trust` and `ppn verify`: a report the
 //! TCB signed checks offline, and each broken link fails with its own error.
 
+mod common;
+
+use common::Fleet;
 use ppn_attest::{Provisioning, Standing, Trust};
 use ppn_conformance::HostedTcb;
 use ppn_wire::NodeId;
@@ -190,15 +193,6 @@ fn unhex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
-/// Stops the fleet on every path out of the test.
-struct Fleet(PathBuf);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_ppn")).args(["fleet", "down", "--dir"]).arg(&self.0).output();
-    }
-}
-
 /// The whole path on a one-node fleet: seal an image through the node's TCB, export the trust,
 /// run a VM from the sealed image (the guest checks it and boots verified), have the node's TCB
 /// attest it, stop the fleet, and verify the report offline.
@@ -215,16 +209,7 @@ fn a_sealed_vm_boots_verified_and_its_report_verifies_offline() {
     };
     let dir = tempfile::tempdir().unwrap();
     let fleet_dir = dir.path().join("fleet");
-    let ppn_in = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ppn"))
-            .args(args)
-            .env("PPN_FLEET_DIR", &fleet_dir)
-            .env("PPN_PPN_TCB_BIN", ppn_conformance::locate_bin("ppn-tcb"))
-            .env("PPN_PPN_NODE_BIN", ppn_conformance::locate_bin("ppn-node"))
-            .env("PPN_DATA_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-            .output()
-            .expect("run ppn")
-    };
+    let ppn_in = |args: &[&str]| common::ppn_in(&fleet_dir, args);
     let ok = |out: Output, what: &str| {
         assert!(
             out.status.success(),

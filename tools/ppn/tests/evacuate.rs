@@ -5,19 +5,12 @@
 //! pinned one is reported and still on the revoked node, and the lent memory is back in the
 //! lender's pool.
 
+mod common;
+
+use common::{Fleet, ok_in};
 use ppn_node::fleet;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-struct Fleet(PathBuf);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_ppn")).args(["fleet", "down", "--dir"]).arg(&self.0).output();
-    }
-}
 
 #[test]
 fn revoking_a_node_moves_its_unpinned_vm_keeps_the_pinned_one_and_brings_its_memory_home() {
@@ -27,23 +20,7 @@ fn revoking_a_node_moves_its_unpinned_vm_keeps_the_pinned_one_and_brings_its_mem
     }
     let dir = tempfile::tempdir().unwrap();
     let fleet_dir = dir.path().join("fleet");
-    let ppn = |args: &[&str]| -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ppn"))
-            .args(args)
-            .env("PPN_FLEET_DIR", &fleet_dir)
-            .env_remove("PPN_NODE")
-            .env("PPN_PPN_TCB_BIN", ppn_conformance::locate_bin("ppn-tcb"))
-            .env("PPN_PPN_NODE_BIN", ppn_conformance::locate_bin("ppn-node"))
-            .env("PPN_DATA_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-            .output()
-            .expect("run ppn")
-    };
-    let ok = |args: &[&str]| -> String {
-        let out = ppn(args);
-        let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "ppn {args:?}: {o}{e}");
-        o.into_owned()
-    };
+    let ok = |args: &[&str]| ok_in(&fleet_dir, args);
     let dir_s = fleet_dir.to_str().unwrap();
     ok(&["fleet", "up", "--nodes", "3", "--dir", dir_s, "--vm-mem", "1024", "--vm-vcpus", "4"]);
     let _fleet = Fleet(fleet_dir.clone());

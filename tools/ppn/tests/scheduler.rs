@@ -4,18 +4,10 @@
 //! why, `ppn vm pin|unpin`, `ppn vm migrate` refuses a pinned VM, and `ppn rebalance --dry-run`
 //! plans the moves off an overfull node, never moving a pinned VM.
 
+mod common;
+
+use common::{Fleet, fails_in, ok_in};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Stops the fleet on every path out of the test.
-struct Fleet(PathBuf);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_ppn")).args(["fleet", "down", "--dir"]).arg(&self.0).output();
-    }
-}
 
 #[test]
 fn vms_are_placed_by_best_fit_kept_on_their_pins_and_rebalanced_by_plan() {
@@ -25,28 +17,8 @@ fn vms_are_placed_by_best_fit_kept_on_their_pins_and_rebalanced_by_plan() {
     }
     let dir = tempfile::tempdir().unwrap();
     let fleet_dir = dir.path().join("fleet");
-    let ppn = |args: &[&str]| -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ppn"))
-            .args(args)
-            .env("PPN_FLEET_DIR", &fleet_dir)
-            .env_remove("PPN_NODE")
-            .env("PPN_PPN_TCB_BIN", ppn_conformance::locate_bin("ppn-tcb"))
-            .env("PPN_PPN_NODE_BIN", ppn_conformance::locate_bin("ppn-node"))
-            .env("PPN_DATA_DIR", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-            .output()
-            .expect("run ppn")
-    };
-    let ok = |args: &[&str]| -> String {
-        let out = ppn(args);
-        let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "ppn {args:?}: {o}{e}");
-        o.into_owned()
-    };
-    let fails = |args: &[&str]| -> String {
-        let out = ppn(args);
-        assert!(!out.status.success(), "ppn {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let ok = |args: &[&str]| ok_in(&fleet_dir, args);
+    let fails = |args: &[&str]| fails_in(&fleet_dir, args);
     let dir_s = fleet_dir.to_str().unwrap();
     ok(&["fleet", "up", "--nodes", "3", "--dir", dir_s, "--vm-mem", "1024", "--vm-vcpus", "4", "--lend-mib", "0"]);
     let _fleet = Fleet(fleet_dir.clone());
